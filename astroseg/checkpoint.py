@@ -1,0 +1,46 @@
+"""Model checkpoints: state_dict + model config + metadata, loadable with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from astroseg.atomic import atomic_output
+from astroseg.errors import DataError
+from astroseg.models import build_model
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict[str, Any],
+                    meta: dict[str, Any]) -> None:
+    """Atomically save weights (on CPU), the config that rebuilds the model, and metadata."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format_version": FORMAT_VERSION, "model_config": config, "state_dict": state,
+               "meta": meta}
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike,
+                    device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a checkpoint in eval mode on `device`; return it and the payload."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: checkpoint not found (run the train stage first)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        raise DataError(f"{path}: not a readable checkpoint, truncated or corrupt? "
+                        f"({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
+        raise DataError(f"{path}: checkpoint format {found!r}, expected {FORMAT_VERSION}")
+    model = build_model(payload["model_config"])
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), payload

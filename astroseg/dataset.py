@@ -1,0 +1,150 @@
+"""The HDF5 dataset file: one group per split with images, masks and per-image metadata.
+
+Schema (version 1):
+  /                 attrs: schema_version, source, class_names (JSON), normalization, params (JSON)
+  /<split>/images   float32 (N, H, W), one chunk per image, lzf-compressed
+  /<split>/masks    uint8 (N, H, W), class index per pixel (0 = background)
+  /<split>/meta/*   one (N,) array per per-image field (n_sources, has_spiral, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from astroseg.atomic import atomic_output
+from astroseg.errors import DataError
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """One split held in memory."""
+    images: np.ndarray                    # float32 (N, H, W)
+    masks: np.ndarray                     # uint8 (N, H, W)
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class SplitWriter:
+    """Writes rows of one split into datasets created with their final size."""
+    group: h5py.Group
+
+    def write(self, start: int, images: np.ndarray, masks: np.ndarray,
+              meta: dict[str, np.ndarray]) -> None:
+        """Write rows [start, start + len(images)) of images, masks and metadata."""
+        stop = start + len(images)
+        self.group["images"][start:stop] = images
+        self.group["masks"][start:stop] = masks
+        for key, values in meta.items():
+            self.group["meta"][key][start:stop] = values
+
+
+class DatasetWriter:
+    """Builds a dataset file in a temp file; it replaces `path` only if every split was written."""
+
+    def __init__(self, path: str | os.PathLike, attrs: dict[str, Any]):
+        self.path = Path(path)
+        self.attrs = attrs
+        self._atomic = atomic_output(self.path)
+        self._file: h5py.File | None = None
+
+    def __enter__(self) -> DatasetWriter:
+        tmp = self._atomic.__enter__()
+        self._file = h5py.File(tmp, "w", track_order=True)
+        self._file.attrs["schema_version"] = SCHEMA_VERSION
+        for key, value in self.attrs.items():
+            self._file.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+        return self
+
+    def split(self, name: str, n: int, shape: tuple[int, int],
+              meta_dtypes: dict[str, np.dtype]) -> SplitWriter:
+        """Create the datasets of split `name` for `n` images of `shape`."""
+        group = self._file.create_group(name)
+        # track_times=False keeps the bytes identical across runs of the same params.
+        for key, dtype in (("images", np.float32), ("masks", np.uint8)):
+            group.create_dataset(key, shape=(n, *shape), dtype=dtype, chunks=(1, *shape),
+                                 compression="lzf", track_times=False)
+        meta = group.create_group("meta")
+        for key, dtype in meta_dtypes.items():
+            meta.create_dataset(key, shape=(n,), dtype=dtype, track_times=False)
+        return SplitWriter(group)
+
+    def __exit__(self, *exc_info) -> bool | None:
+        self._file.close()
+        return self._atomic.__exit__(*exc_info)
+
+
+def _open(path: Path) -> h5py.File:
+    if not path.exists():
+        raise DataError(f"{path}: dataset file not found (run the prepare stage first)")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file, truncated or corrupt? ({exc})") from None
+
+
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """Root attributes of a dataset file, JSON values decoded; checks the schema version."""
+    path = Path(path)
+    with _open(path) as f:
+        attrs = dict(f.attrs)
+    version = attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DataError(f"{path}: schema_version is {version!r}, this astroseg reads version "
+                        f"{SCHEMA_VERSION}; regenerate it with the prepare stage")
+    for key in ("class_names", "params"):
+        if key in attrs:
+            attrs[key] = json.loads(attrs[key])
+    return attrs
+
+
+def load_split(path: str | os.PathLike, split: str, limit: int | None = None) -> Split:
+    """Read (the first `limit` images of) one split into memory, checking shapes and values."""
+    path = Path(path)
+    read_attrs(path)
+    with _open(path) as f:
+        if split not in f:
+            raise DataError(f"{path}: no split '{split}' (found: {', '.join(f.keys()) or 'none'})")
+        group = f[split]
+        try:
+            images = group["images"][:limit]
+            masks = group["masks"][:limit]
+            meta = {k: v[:limit] for k, v in group["meta"].items()} if "meta" in group else {}
+        except (KeyError, OSError) as exc:
+            raise DataError(f"{path}: cannot read split '{split}': {exc}") from None
+    if images.ndim != 3 or images.shape != masks.shape:
+        raise DataError(f"{path}: {split}/images has shape {images.shape} and {split}/masks "
+                        f"{masks.shape}; expected equal (N, H, W)")
+    if not np.isfinite(images).all():
+        raise DataError(f"{path}: {split}/images holds NaN or infinite values")
+    return Split(images.astype(np.float32, copy=False), masks.astype(np.uint8, copy=False), meta)
+
+
+def split_sizes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Shape of each split's images, without reading the pixels."""
+    path = Path(path)
+    read_attrs(path)
+    with _open(path) as f:
+        return {name: f[name]["images"].shape for name in f if "images" in f[name]}
+
+
+def write_splits(path: str | os.PathLike, splits: Iterable[tuple[str, Split]],
+                 attrs: dict[str, Any]) -> None:
+    """Write in-memory splits to a new dataset file (for small data and tests)."""
+    with DatasetWriter(path, attrs) as out:
+        for name, s in splits:
+            dtypes = {k: v.dtype for k, v in s.meta.items()}
+            out.split(name, len(s), s.images.shape[1:], dtypes).write(0, s.images, s.masks, s.meta)

@@ -1,0 +1,282 @@
+"""Typed, validated `params.yaml`: one frozen dataclass per section, checked before any work.
+
+Each field's default is the seed notebook's value. Validation rejects unknown keys, wrong types
+and out-of-range values with a one-line message that names the file, the dotted key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from astroseg.errors import ParamsError
+
+
+def _p(default: Any, *, ge: float | None = None, gt: float | None = None,
+       le: float | None = None, lt: float | None = None,
+       choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with bounds (applied to each number of a pair) or allowed choices."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _sub(cls: type) -> Any:
+    """A nested section field."""
+    return field(default_factory=cls)
+
+
+# ---------------------------------------------------------------- data (prepare stage)
+
+@dataclass(frozen=True)
+class GalaxyParams:
+    """Elliptical Gaussian galaxies; the mask is where a galaxy exceeds `mask_level` of its peak."""
+    count: tuple[int, int] = _p((1, 3), ge=0)
+    margin: float = _p(20.0, ge=0)
+    a: tuple[float, float] = _p((4.0, 12.0), gt=0)
+    b: tuple[float, float] = _p((3.0, 10.0), gt=0)
+    peak: tuple[float, float] = _p((0.7, 1.5), gt=0)
+    mask_level: float = _p(0.1, gt=0, lt=1)
+
+
+@dataclass(frozen=True)
+class BarParams:
+    """Unmasked bars along a galaxy's major axis."""
+    probability: float = _p(0.4, ge=0, le=1)
+    length: tuple[float, float] = _p((6.0, 14.0), gt=0)
+    width: tuple[float, float] = _p((1.5, 3.5), gt=0)
+    amplitude: float = _p(0.2, ge=0)
+
+
+@dataclass(frozen=True)
+class SpiralParams:
+    """Unmasked log-spiral ridges around a galaxy: structure that fools thresholding."""
+    probability: float = _p(0.3, ge=0, le=1)
+    turns: tuple[float, float] = _p((1.0, 2.5), ge=0)
+    arms: int = _p(3, ge=1)
+    ridge_level: float = _p(0.9, ge=-1, lt=1)
+    amplitude: float = _p(0.1, ge=0)
+
+
+@dataclass(frozen=True)
+class NoiseParams:
+    """Gaussian read noise plus a scaled Poisson term."""
+    gaussian_sigma: float = _p(0.02, ge=0)
+    poisson_rate: float = _p(1.0, ge=0)
+    poisson_scale: float = _p(0.001, ge=0)
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """The `data` section: how `prepare` builds data/dataset.h5."""
+    source: str = _p("synthetic", choices=("synthetic",))
+    seed: int = _p(1234, ge=0)
+    height: int = _p(128, ge=8)
+    width: int = _p(128, ge=8)
+    n_train: int = _p(800, ge=1)
+    n_val: int = _p(120, ge=1)
+    n_test: int = _p(120, ge=1)
+    chunk: int = _p(64, ge=1)
+    galaxies: GalaxyParams = _sub(GalaxyParams)
+    bar: BarParams = _sub(BarParams)
+    spiral: SpiralParams = _sub(SpiralParams)
+    noise: NoiseParams = _sub(NoiseParams)
+
+    def check(self) -> None:
+        margin = self.galaxies.margin
+        for key, size in (("width", self.width), ("height", self.height)):
+            if size <= 2 * margin:
+                raise ParamsError(f"data.{key} = {size} must exceed 2 * data.galaxies.margin "
+                                  f"= {2 * margin:g}, or galaxy centres have nowhere to go")
+
+
+# ---------------------------------------------------------------- model, loss, train
+
+@dataclass(frozen=True)
+class TinySegFormerParams:
+    """The seed notebook's single-scale transformer with a full-resolution conv decoder."""
+    embed_dim: int = _p(128, ge=2)
+    depth: int = _p(4, ge=1)
+    num_heads: int = _p(4, ge=1)
+    mlp_ratio: float = _p(3.0, gt=0)
+    patch_size: int = _p(8, ge=1)
+    overlap: float = _p(0.5, ge=0)
+    dropout: float = _p(0.0, ge=0, lt=1)
+    attn_dropout: float = _p(0.0, ge=0, lt=1)
+
+    def check(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ParamsError(f"model.tiny_segformer.embed_dim = {self.embed_dim} is not divisible "
+                              f"by model.tiny_segformer.num_heads = {self.num_heads}")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """The `model` section: `name` picks the architecture, its sub-section holds the knobs."""
+    name: str = _p("tiny_segformer", choices=("tiny_segformer",))
+    tiny_segformer: TinySegFormerParams = _sub(TinySegFormerParams)
+
+    def config(self) -> dict[str, Any]:
+        """The chosen architecture's constructor arguments, plus its name (stored in checkpoints)."""
+        return {"name": self.name, **dataclasses.asdict(getattr(self, self.name))}
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """The `loss` section, read by train and evaluate: weighted soft Dice + BCE."""
+    dice_weight: float = _p(0.6, ge=0)
+    bce_weight: float = _p(0.4, ge=0)
+
+    def check(self) -> None:
+        if self.dice_weight == 0 and self.bce_weight == 0:
+            raise ParamsError("loss.dice_weight and loss.bce_weight are both 0: nothing to train on")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The `train` section: AdamW on the train split, validation IoU/Dice every epoch."""
+    epochs: int = _p(10, ge=1)
+    batch_size: int = _p(16, ge=1)
+    lr: float = _p(3e-4, gt=0)
+    weight_decay: float = _p(1e-4, ge=0)
+    seed: int = _p(1234, ge=0)
+    device: str = _p("auto", choices=("auto", "cpu", "cuda"))
+    progress: bool = _p(True)
+
+
+# ---------------------------------------------------------------- evaluate, plots
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """The `evaluate` section: test-set scoring of models/model.pt."""
+    threshold: float = _p(0.5, gt=0, lt=1)
+    batch_size: int = _p(32, ge=1)
+    n_examples: int = _p(8, ge=0)
+    device: str = _p("auto", choices=("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class PlotsParams:
+    """The `plots` section: what the PNGs in plots/ show."""
+    n_samples: int = _p(6, ge=1)
+    n_predictions: int = _p(4, ge=1)
+    cmap: str = _p("magma")
+    dpi: int = _p(100, ge=10, le=1200)
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of params.yaml."""
+    data: DataParams = _sub(DataParams)
+    model: ModelParams = _sub(ModelParams)
+    loss: LossParams = _sub(LossParams)
+    train: TrainParams = _sub(TrainParams)
+    evaluate: EvaluateParams = _sub(EvaluateParams)
+    plots: PlotsParams = _sub(PlotsParams)
+
+
+# ---------------------------------------------------------------- parsing
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _number(value: Any, kind: type, key: str) -> int | float:
+    # bool is an int subclass in Python; `epochs: true` is a typo, not 1.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParamsError(f"{key} = {_describe(value)}: expected {kind.__name__}")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ParamsError(f"{key} = {value!r}: expected an integer")
+        return int(value)
+    if not math.isfinite(value):
+        raise ParamsError(f"{key} = {value!r}: expected a finite number")
+    return float(value)
+
+
+_BOUNDS = (("ge", operator.ge, ">="), ("gt", operator.gt, ">"),
+           ("le", operator.le, "<="), ("lt", operator.lt, "<"))
+
+
+def _check_bounds(value: float, meta: dict, key: str) -> None:
+    for name, holds, symbol in _BOUNDS:
+        bound = meta[name]
+        if bound is not None and not holds(value, bound):
+            raise ParamsError(f"{key} = {value!r} is out of range: expected {symbol} {bound:g}")
+
+
+def _parse_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return parse_section(hint, value, key)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        kinds = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(kinds):
+            raise ParamsError(f"{key} = {_describe(value)}: expected a list [low, high] "
+                              f"of {len(kinds)} numbers")
+        items = tuple(_number(v, k, f"{key}[{i}]") for i, (v, k) in enumerate(zip(value, kinds)))
+        for item in items:
+            _check_bounds(item, meta, key)
+        if len(items) == 2 and items[0] > items[1]:
+            raise ParamsError(f"{key} = {list(value)}: expected low <= high")
+        return items
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key} = {_describe(value)}: expected true or false")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key} = {_describe(value)}: expected a string")
+        if meta["choices"] and value not in meta["choices"]:
+            raise ParamsError(f"{key} = {value!r}: expected one of {', '.join(meta['choices'])}")
+        return value
+    number = _number(value, hint, key)
+    _check_bounds(number, meta, key)
+    return number
+
+
+def parse_section(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from the mapping `raw`; missing keys take their defaults."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{prefix or 'params'} = {_describe(raw)}: expected a mapping of keys")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields), key=str)
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ParamsError(f"{where}: unknown key (expected one of {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        if name in raw:
+            key = f"{prefix}.{name}" if prefix else name
+            values[name] = _parse_value(raw[name], hints[name], dict(f.metadata), key)
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check()
+    return obj
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; raise ParamsError naming the file and the bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ParamsError(f"{path}: not a readable YAML file: {detail}") from None
+    try:
+        return parse_section(Params, raw, "")
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None

@@ -1,0 +1,37 @@
+"""plots: history, dataset samples and example predictions + params `plots.*` -> plots/*.png."""
+
+import sys
+from pathlib import Path
+
+from astroseg.dataset import load_split
+from astroseg.errors import ParamsError, run_main
+from astroseg.examples import load_examples
+from astroseg.history import read_history
+from astroseg.params import load_params
+from astroseg.plotting import check_cmap, plot_predictions, plot_samples, plot_training_curves
+
+DATA = "data/dataset.h5"
+HISTORY = "metrics/train_history.tsv"
+PREDICTIONS = "metrics/test_predictions.h5"
+OUT = Path("plots")
+
+
+def main() -> None:
+    cfg = load_params().plots
+    check_cmap(cfg.cmap)
+    history = read_history(HISTORY)
+    samples = load_split(DATA, "train", limit=cfg.n_samples)
+    examples, probabilities, threshold = load_examples(PREDICTIONS)
+    if cfg.n_predictions > len(probabilities):
+        raise ParamsError(f"plots.n_predictions = {cfg.n_predictions} but {PREDICTIONS} holds "
+                          f"{len(probabilities)}; raise evaluate.n_examples")
+    n = cfg.n_predictions
+    plot_training_curves(history, OUT / "training_curves.png", cfg.dpi)
+    plot_samples(samples.images, samples.masks, OUT / "samples.png", cfg.cmap, cfg.dpi)
+    plot_predictions(examples.images[:n], examples.masks[:n], probabilities[:n], threshold,
+                     OUT / "predictions.png", cfg.cmap, cfg.dpi)
+    print(f"plots: wrote training_curves.png, samples.png, predictions.png to {OUT}/")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,53 @@
+"""train: data/dataset.h5 + params `model.*`, `loss.*`, `train.*` -> models/model.pt + history."""
+
+import sys
+import time
+
+import torch
+
+from astroseg.checkpoint import save_checkpoint
+from astroseg.dataset import load_split, read_attrs
+from astroseg.device import resolve_device
+from astroseg.errors import run_main
+from astroseg.models import build_model
+from astroseg.params import load_params
+from astroseg.history import EpochRecord, write_history
+from astroseg.training import train_model
+
+DATA = "data/dataset.h5"
+MODEL = "models/model.pt"
+HISTORY = "metrics/train_history.tsv"
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params.train
+    device = resolve_device(cfg.device, "train.device")
+    attrs = read_attrs(DATA)
+    train, val = load_split(DATA, "train"), load_split(DATA, "val")
+    config = {**params.model.config(), "image_size": list(train.images.shape[1:])}
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"train: {config['name']} with {n_params / 1e6:.2f} M parameters on {device}; "
+          f"{len(train)} train / {len(val)} val images")
+
+    t0 = time.perf_counter()
+
+    def report(r: EpochRecord) -> None:
+        print(f"epoch {r.epoch:3d} | train loss {r.train_loss:.4f} | val loss {r.val_loss:.4f} "
+              f"| IoU {r.val_iou:.4f} | Dice {r.val_dice:.4f} | {time.perf_counter() - t0:6.1f} s",
+              flush=True)
+
+    history = train_model(model, train, val, cfg, params.loss, device, on_epoch=report)
+    meta = {"normalization": attrs.get("normalization", "minmax"),
+            "class_names": attrs.get("class_names", ["background", "source"]),
+            "epochs": cfg.epochs, "val_iou": history[-1].val_iou}
+    save_checkpoint(MODEL, model, config, meta)
+    write_history(HISTORY, history)
+    print(f"train: wrote {MODEL} and {HISTORY} in {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
