@@ -103,7 +103,8 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
         attrs = dict(f.attrs)
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise DataError(f"{path}: schema_version is {version!r}, this astroseg reads version "
+        found = "missing" if version is None else f"{version}"
+        raise DataError(f"{path}: schema_version is {found}, this astroseg reads version "
                         f"{SCHEMA_VERSION}; regenerate it with the prepare stage")
     for key in ("class_names", "params"):
         if key in attrs:

@@ -239,7 +239,7 @@ def _parse_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
             raise ParamsError(f"{key} = {value!r}: expected one of {', '.join(meta['choices'])}")
         return value
     number = _number(value, hint, key)
-    _check_bounds(number, meta, key)
+    _check_bounds(value, meta, key)  # the value as written, so the message quotes the user
     return number
 
 

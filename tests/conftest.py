@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny params that run the real pipeline in seconds."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds on 2 CPU cores, large enough that every code path runs.
+TINY = {
+    "data": {"height": 48, "width": 48, "n_train": 32, "n_val": 8, "n_test": 8, "chunk": 16,
+             "galaxies": {"margin": 10.0}},
+    "model": {"tiny_segformer": {"embed_dim": 16, "depth": 1, "num_heads": 2}},
+    "train": {"epochs": 2, "batch_size": 8, "progress": False},
+    "evaluate": {"n_examples": 4},
+    "plots": {"n_samples": 3, "n_predictions": 2, "dpi": 40},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursively merge `override` into a copy of `base`."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def tiny_params(**override: dict) -> dict:
+    """The repo's params.yaml with the TINY overrides (and any more) applied."""
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return merge(merge(base, TINY), override)
+
+
+def write_params(directory: Path, params: dict) -> Path:
+    """Write `params` as params.yaml in `directory`."""
+    path = directory / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def run_stage(name: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run stages/<name>.py of this checkout with `cwd` as the pipeline directory."""
+    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=cwd,
+                          capture_output=True, text=True, env=_env())
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A temp directory holding tiny params.yaml, as a pipeline's working directory."""
+    write_params(tmp_path, tiny_params())
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def pipeline_outputs(tmp_path_factory) -> Path:
+    """A directory where all four stages have run once on tiny params (shared, read-only)."""
+    path = tmp_path_factory.mktemp("pipeline")
+    write_params(path, tiny_params())
+    for stage in ("prepare", "train", "evaluate", "plots"):
+        result = run_stage(stage, path)
+        assert result.returncode == 0, result.stderr
+    return path
+
+
+def copy_project(dest: Path) -> None:
+    """Copy what the DVC pipeline needs (code, dvc.yaml, .dvcignore) into `dest`."""
+    for name in ("astroseg", "stages"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, dest / name)
+
+
+def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with the venv first on PATH; unless `check` is off, fail the test if it fails."""
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=_env())
+    if check:
+        assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result

@@ -1,0 +1,66 @@
+"""TinySegFormer: shapes, a positional embedding that really trains, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from astroseg.checkpoint import load_checkpoint, save_checkpoint
+from astroseg.errors import DataError
+from astroseg.models import build_model
+from astroseg.models.tiny_segformer import patch_kernel
+
+CONFIG = {"name": "tiny_segformer", "image_size": [32, 32], "embed_dim": 16, "depth": 1,
+          "num_heads": 2, "mlp_ratio": 2.0, "patch_size": 4, "overlap": 0.5}
+
+
+def test_patch_kernel_matches_the_notebook_rule():
+    assert patch_kernel(8, 0.5) == 13  # 8 + 4 = 12, made odd
+    assert patch_kernel(4, 0.5) == 7
+    assert patch_kernel(4, 0.0) == 5
+
+
+def test_logits_match_input_size_including_other_sizes():
+    torch.manual_seed(0)
+    model = build_model(CONFIG)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 1, 32, 32)
+    # Other sizes resample the positional embedding instead of failing.
+    assert model(torch.randn(1, 1, 48, 24)).shape == (1, 1, 48, 24)
+
+
+def test_positional_embedding_is_a_trained_parameter():
+    torch.manual_seed(0)
+    model = build_model(CONFIG)
+    names = {n for n, _ in model.named_parameters()}
+    assert "pos_embed" in names
+    before = model.pos_embed.detach().clone()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(2, 1, 32, 32)).mean().backward()
+    assert model.pos_embed.grad is not None and model.pos_embed.grad.abs().sum() > 0
+    opt.step()
+    assert not torch.equal(before, model.pos_embed)
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(CONFIG).eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, CONFIG, {"normalization": "minmax"})
+    loaded, payload = load_checkpoint(path)
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(model(x), loaded(x))
+    assert payload["meta"]["normalization"] == "minmax"
+    assert payload["model_config"] == CONFIG
+
+
+def test_bad_checkpoints_are_named(tmp_path):
+    with pytest.raises(DataError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(DataError, match=f"{junk}: not a readable checkpoint"):
+        load_checkpoint(junk)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"weights": torch.zeros(1)}, wrong)
+    with pytest.raises(DataError, match="checkpoint format None, expected 1"):
+        load_checkpoint(wrong)
