@@ -1,0 +1,83 @@
+"""Seed notebook vs astroseg, side by side in one process: data generation and a train step.
+
+    .venv/bin/python benchmarks/bench_seed.py [--images 512] [--repeats 5]
+
+Prints medians over repeats and the ratio seed / astroseg (above 1: astroseg is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from astroseg.models import build_model
+from astroseg.params import DataParams, TinySegFormerParams
+from astroseg.synthetic import generate
+from seed_reference import SeedTinySegFormer, make_sample
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _train_step(model: torch.nn.Module, batch: torch.Tensor):
+    model(batch)  # materialise lazy parameters before the optimizer sees the list
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+
+    def step():
+        loss = model(batch).sigmoid().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+          f"torch threads, torch {torch.__version__}")
+
+    np.random.seed(0)
+    seed_gen = _median_seconds(lambda: [make_sample() for _ in range(args.images)], args.repeats)
+    params = DataParams()
+    ours_gen = _median_seconds(lambda: list(generate(params, "train", args.images)), args.repeats)
+    print(f"generate {args.images} images 128x128: seed {seed_gen:.3f} s, astroseg "
+          f"{ours_gen:.3f} s, ratio {seed_gen / ours_gen:.2f}x")
+
+    torch.manual_seed(0)
+    batch = torch.rand(args.batch, 1, 128, 128)
+    cfg = {"name": "tiny_segformer", "image_size": [128, 128],
+           **TinySegFormerParams().__dict__}  # the seed's exact architecture
+    steps = {"seed": _train_step(SeedTinySegFormer(), batch),
+             "astroseg": _train_step(build_model(cfg), batch)}
+    for step in steps.values():
+        step()  # warm-up
+    med = {}
+    # Interleave the two so that machine noise hits both alike.
+    runs = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            runs[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(ts) for name, ts in runs.items()}
+    print(f"train step, batch {args.batch}, TinySegFormer embed_dim 128: seed {med['seed']:.3f} s, "
+          f"astroseg {med['astroseg']:.3f} s, ratio {med['seed'] / med['astroseg']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
