@@ -23,8 +23,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict[str,
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format_version": FORMAT_VERSION, "model_config": config, "state_dict": state,
                "meta": meta}
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    # Save through a file object: given a path, torch names the archive's root folder after the
+    # (random) temp file name, and the same weights would give different bytes every run.
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | os.PathLike,

@@ -51,6 +51,10 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     assert torch.equal(model(x), loaded(x))
     assert payload["meta"]["normalization"] == "minmax"
     assert payload["model_config"] == CONFIG
+    # Same weights, same bytes: DVC hashes the file, so a rerun must not look like a change.
+    again = tmp_path / "sub" / "m.pt"
+    save_checkpoint(again, model, CONFIG, {"normalization": "minmax"})
+    assert again.read_bytes() == path.read_bytes()
 
 
 def test_bad_checkpoints_are_named(tmp_path):
