@@ -1,4 +1,4 @@
-"""Score a model on a split: per-image loss and IoU/Dice/precision/recall at a threshold."""
+"""Score a model on a split: per-image loss and per-class IoU/Dice/precision/recall."""
 
 from __future__ import annotations
 
@@ -9,53 +9,61 @@ import torch
 from torch import nn
 
 from astroseg.dataset import Split
-from astroseg.losses import combo_loss
-from astroseg.metrics import SCORES, confusion_counts, scores_from_counts
+from astroseg.losses import probabilities, segmentation_loss
+from astroseg.metrics import SCORES, confusion_counts, predict_labels, scores_from_counts
 from astroseg.params import LossParams
 
 
 @dataclass
 class Evaluation:
-    """Per-image results on one split; `probabilities` holds the first `keep` images' maps."""
+    """Per-image results on one split; the maps hold the first `keep` images' predictions."""
     loss: np.ndarray                 # (N,) float64
-    scores: dict[str, np.ndarray]    # name -> (N,) float64
-    probabilities: np.ndarray        # (keep, H, W) float32
+    scores: dict[str, np.ndarray]    # name -> (N, foreground classes) float64
+    foreground: np.ndarray           # (keep, H, W) float32 probability of not being background
+    labels: np.ndarray               # (keep, H, W) uint8 predicted class
 
     def summary(self, where: np.ndarray | None = None) -> dict[str, float]:
-        """Mean loss and scores over all images (or the boolean subset `where`), per image."""
+        """Mean loss and scores over images (or the boolean subset `where`), then over classes."""
         sel = slice(None) if where is None else where
         out = {"loss": float(self.loss[sel].mean())}
         out.update({name: float(self.scores[name][sel].mean()) for name in SCORES})
         return out
 
+    def per_class(self, class_names: list[str]) -> dict[str, dict[str, float]]:
+        """Scores of each foreground class, averaged over images."""
+        return {name: {s: float(self.scores[s][:, i].mean()) for s in SCORES}
+                for i, name in enumerate(class_names[1:])}
+
 
 def as_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 1, H, W) float32 images and masks as torch tensors sharing the split's memory."""
-    images = torch.from_numpy(split.images).unsqueeze(1)
-    masks = torch.from_numpy(split.masks).unsqueeze(1)
-    return images, masks
+    """(N, 1, H, W) float32 images and uint8 masks as tensors sharing the split's memory."""
+    return torch.from_numpy(split.images).unsqueeze(1), torch.from_numpy(split.masks).unsqueeze(1)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, loss: LossParams, device: torch.device,
              batch_size: int, threshold: float = 0.5, keep: int = 0) -> Evaluation:
-    """Run `model` over `split` in batches and score every image."""
+    """Run `model` over `split` in batches (fp32) and score every image."""
     model.eval()
     images, masks = as_tensors(split)
-    losses, counts, kept = [], [], []
+    losses, counts, fg, labels = [], [], [], []
     for start in range(0, len(split), batch_size):
         x = images[start:start + batch_size].to(device)
-        y = masks[start:start + batch_size].to(device).float()
+        y = masks[start:start + batch_size].to(device)
         logits = model(x).float()
-        prob = torch.sigmoid(logits)
-        losses.append(combo_loss(logits, y, loss).cpu())
-        counts.append(confusion_counts(prob >= threshold, y > 0).cpu())
+        prob = probabilities(logits)
+        pred = predict_labels(prob, threshold)
+        losses.append(segmentation_loss(logits, y, loss).cpu())
+        counts.append(confusion_counts(pred, y[:, 0], max(2, logits.shape[1])).cpu())
         if start < keep:
-            kept.append(prob[: keep - start, 0].cpu())
+            n = keep - start
+            fg.append((1 - prob[:n, 0] if prob.shape[1] > 1 else prob[:n, 0]).cpu())
+            labels.append(pred[:n].cpu())
     scores = scores_from_counts(torch.cat(counts))
+    empty = np.zeros((0, *split.images.shape[1:]))
     return Evaluation(
         loss=torch.cat(losses).double().numpy(),
         scores={k: v.numpy() for k, v in scores.items()},
-        probabilities=torch.cat(kept).numpy() if kept else np.zeros((0, *split.images.shape[1:]), np.float32),
+        foreground=torch.cat(fg).numpy() if fg else empty.astype(np.float32),
+        labels=torch.cat(labels).numpy() if labels else empty.astype(np.uint8),
     )
-

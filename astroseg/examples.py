@@ -3,35 +3,41 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from astroseg.atomic import atomic_output
-from astroseg.dataset import Split
 from astroseg.errors import DataError
 
+_KEYS = ("images", "masks", "foreground", "labels")
 
-def save_examples(path: str | os.PathLike, split: Split, probabilities: np.ndarray,
-                  threshold: float) -> None:
-    """Atomically write the first len(probabilities) images, masks and predicted maps to HDF5."""
-    n = len(probabilities)
+
+@dataclass
+class Examples:
+    """A few test images with their truth and the model's maps."""
+    images: np.ndarray       # float32 (n, H, W)
+    masks: np.ndarray        # uint8 (n, H, W) true class
+    foreground: np.ndarray   # float32 (n, H, W) probability of not being background
+    labels: np.ndarray       # uint8 (n, H, W) predicted class
+
+
+def save_examples(path: str | os.PathLike, examples: Examples) -> None:
+    """Atomically write the examples to HDF5."""
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["threshold"] = threshold
-        for key, values in (("images", split.images[:n]), ("masks", split.masks[:n]),
-                            ("probabilities", probabilities)):
-            f.create_dataset(key, data=values, track_times=False)
+        for key in _KEYS:
+            f.create_dataset(key, data=getattr(examples, key), track_times=False)
 
 
-def load_examples(path: str | os.PathLike) -> tuple[Split, np.ndarray, float]:
-    """Read what save_examples wrote: the examples, their probability maps and the threshold."""
+def load_examples(path: str | os.PathLike) -> Examples:
+    """Read what save_examples wrote."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: example predictions not found (run the evaluate stage first)")
     try:
         with h5py.File(path, "r") as f:
-            split = Split(f["images"][:], f["masks"][:])
-            return split, f["probabilities"][:], float(f.attrs["threshold"])
+            return Examples(*(f[key][:] for key in _KEYS))
     except (OSError, KeyError) as exc:
         raise DataError(f"{path}: not a readable predictions file ({exc})") from None

@@ -1,6 +1,7 @@
-"""Per-image segmentation scores from confusion counts.
+"""Per-image, per-class segmentation scores from confusion counts.
 
-A ratio whose numerator and denominator are both 0 (say IoU of an empty prediction on an empty
+Scores are computed for the foreground classes (1..K-1; class 1 alone for a binary mask). A
+ratio whose numerator and denominator are both 0 (say IoU of an empty prediction on an empty
 truth) counts as 1: there was nothing to find and nothing was wrongly found.
 """
 
@@ -11,14 +12,21 @@ import torch
 SCORES = ("iou", "dice", "precision", "recall")
 
 
-def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B, ...) boolean prediction and truth -> (B, 3) int64 counts of TP, FP, FN."""
-    pred = pred.flatten(1).bool()
-    target = target.flatten(1).bool()
-    tp = (pred & target).sum(1)
-    fp = (pred & ~target).sum(1)
-    fn = (~pred & target).sum(1)
-    return torch.stack([tp, fp, fn], 1)
+def predict_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, C, H, W) probabilities -> (B, H, W) class indices: threshold if C == 1, else argmax."""
+    if prob.shape[1] == 1:
+        return (prob[:, 0] >= threshold).to(torch.uint8)
+    return prob.argmax(1).to(torch.uint8)
+
+
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_labels: int = 2) -> torch.Tensor:
+    """(B, H, W) predicted and true class indices -> (B, num_labels - 1, 3) TP, FP, FN per class."""
+    pred, target = pred.flatten(1), target.flatten(1)
+    counts = []
+    for c in range(1, num_labels):
+        p, t = pred == c, target == c
+        counts.append(torch.stack([(p & t).sum(1), (p & ~t).sum(1), (~p & t).sum(1)], 1))
+    return torch.stack(counts, 1)
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -26,8 +34,8 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 def scores_from_counts(counts: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(B, 3) TP/FP/FN counts -> per-image IoU, Dice, precision and recall, float64 (B,)."""
-    tp, fp, fn = counts.double().unbind(1)
+    """(..., 3) TP/FP/FN counts -> IoU, Dice, precision and recall of the same leading shape."""
+    tp, fp, fn = counts.double().unbind(-1)
     return {
         "iou": _ratio(tp, tp + fp + fn),
         "dice": _ratio(2 * tp, 2 * tp + fp + fn),

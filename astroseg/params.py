@@ -21,9 +21,12 @@ from astroseg.errors import ParamsError
 
 def _p(default: Any, *, ge: float | None = None, gt: float | None = None,
        le: float | None = None, lt: float | None = None,
-       choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field with bounds (applied to each number of a pair) or allowed choices."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+       choices: tuple[str, ...] | None = None, ordered: bool = False) -> Any:
+    """A dataclass field with bounds (applied to each number of a list) or allowed choices.
+
+    `ordered` marks a [low, high] range.
+    """
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "ordered": ordered}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -39,11 +42,11 @@ def _sub(cls: type) -> Any:
 @dataclass(frozen=True)
 class GalaxyParams:
     """Elliptical Gaussian galaxies; the mask is where a galaxy exceeds `mask_level` of its peak."""
-    count: tuple[int, int] = _p((1, 3), ge=0)
+    count: tuple[int, int] = _p((1, 3), ge=0, ordered=True)
     margin: float = _p(20.0, ge=0)
-    a: tuple[float, float] = _p((4.0, 12.0), gt=0)
-    b: tuple[float, float] = _p((3.0, 10.0), gt=0)
-    peak: tuple[float, float] = _p((0.7, 1.5), gt=0)
+    a: tuple[float, float] = _p((4.0, 12.0), gt=0, ordered=True)
+    b: tuple[float, float] = _p((3.0, 10.0), gt=0, ordered=True)
+    peak: tuple[float, float] = _p((0.7, 1.5), gt=0, ordered=True)
     mask_level: float = _p(0.1, gt=0, lt=1)
 
 
@@ -51,8 +54,8 @@ class GalaxyParams:
 class BarParams:
     """Unmasked bars along a galaxy's major axis."""
     probability: float = _p(0.4, ge=0, le=1)
-    length: tuple[float, float] = _p((6.0, 14.0), gt=0)
-    width: tuple[float, float] = _p((1.5, 3.5), gt=0)
+    length: tuple[float, float] = _p((6.0, 14.0), gt=0, ordered=True)
+    width: tuple[float, float] = _p((1.5, 3.5), gt=0, ordered=True)
     amplitude: float = _p(0.2, ge=0)
 
 
@@ -60,7 +63,7 @@ class BarParams:
 class SpiralParams:
     """Unmasked log-spiral ridges around a galaxy: structure that fools thresholding."""
     probability: float = _p(0.3, ge=0, le=1)
-    turns: tuple[float, float] = _p((1.0, 2.5), ge=0)
+    turns: tuple[float, float] = _p((1.0, 2.5), ge=0, ordered=True)
     arms: int = _p(3, ge=1)
     ridge_level: float = _p(0.9, ge=-1, lt=1)
     amplitude: float = _p(0.1, ge=0)
@@ -111,6 +114,7 @@ class TinySegFormerParams:
     overlap: float = _p(0.5, ge=0)
     dropout: float = _p(0.0, ge=0, lt=1)
     attn_dropout: float = _p(0.0, ge=0, lt=1)
+    pos_encoding: str = _p("absolute", choices=("absolute", "relative_bias"))
 
     def check(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -119,14 +123,44 @@ class TinySegFormerParams:
 
 
 @dataclass(frozen=True)
+class SegFormerParams:
+    """Hierarchical Mix-Transformer encoder + all-MLP decoder; one list entry per stage."""
+    dims: tuple[int, ...] = _p((32, 64, 160, 256), ge=1)
+    depths: tuple[int, ...] = _p((2, 2, 2, 2), ge=1)
+    heads: tuple[int, ...] = _p((1, 2, 5, 8), ge=1)
+    sr_ratios: tuple[int, ...] = _p((8, 4, 2, 1), ge=1)
+    first_stride: int = _p(4, ge=1)
+    mlp_ratio: float = _p(4.0, gt=0)
+    decoder_dim: int = _p(128, ge=1)
+    refine_dim: int = _p(0, ge=0)
+    drop_path: float = _p(0.1, ge=0, lt=1)
+    attn_dropout: float = _p(0.0, ge=0, lt=1)
+    dropout: float = _p(0.1, ge=0, lt=1)
+
+    def check(self) -> None:
+        n = len(self.dims)
+        for key in ("depths", "heads", "sr_ratios"):
+            if len(getattr(self, key)) != n:
+                raise ParamsError(f"model.segformer.{key} = {list(getattr(self, key))}: expected "
+                                  f"{n} values, one per stage of model.segformer.dims")
+        for i, (dim, heads) in enumerate(zip(self.dims, self.heads)):
+            if dim % heads:
+                raise ParamsError(f"model.segformer.dims[{i}] = {dim} is not divisible by "
+                                  f"model.segformer.heads[{i}] = {heads}")
+
+
+@dataclass(frozen=True)
 class ModelParams:
     """The `model` section: `name` picks the architecture, its sub-section holds the knobs."""
-    name: str = _p("tiny_segformer", choices=("tiny_segformer",))
+    name: str = _p("tiny_segformer", choices=("segformer", "tiny_segformer"))
+    num_classes: int = _p(1, ge=1)
+    segformer: SegFormerParams = _sub(SegFormerParams)
     tiny_segformer: TinySegFormerParams = _sub(TinySegFormerParams)
 
     def config(self) -> dict[str, Any]:
         """The chosen architecture's constructor arguments, plus its name (stored in checkpoints)."""
-        return {"name": self.name, **dataclasses.asdict(getattr(self, self.name))}
+        return {"name": self.name, "num_classes": self.num_classes,
+                **dataclasses.asdict(getattr(self, self.name))}
 
 
 @dataclass(frozen=True)
@@ -142,11 +176,17 @@ class LossParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    """The `train` section: AdamW on the train split, validation IoU/Dice every epoch."""
+    """The `train` section: AdamW with warmup + cosine decay, validation after every epoch."""
     epochs: int = _p(10, ge=1)
     batch_size: int = _p(16, ge=1)
     lr: float = _p(3e-4, gt=0)
     weight_decay: float = _p(1e-4, ge=0)
+    schedule: str = _p("constant", choices=("constant", "cosine"))
+    warmup_epochs: float = _p(0.0, ge=0)
+    min_lr_ratio: float = _p(0.01, ge=0, le=1)
+    augment: bool = _p(False)
+    early_stopping: int = _p(0, ge=0)
+    precision: str = _p("fp32", choices=("fp32", "bf16"))
     seed: int = _p(1234, ge=0)
     device: str = _p("auto", choices=("auto", "cpu", "cuda"))
     progress: bool = _p(True)
@@ -219,13 +259,17 @@ def _parse_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is tuple:
         kinds = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)) or len(value) != len(kinds):
+        if kinds[-1] is Ellipsis:  # tuple[int, ...]: one value per encoder stage
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ParamsError(f"{key} = {_describe(value)}: expected a non-empty list")
+            kinds = (kinds[0],) * len(value)
+        elif not isinstance(value, (list, tuple)) or len(value) != len(kinds):
             raise ParamsError(f"{key} = {_describe(value)}: expected a list [low, high] "
                               f"of {len(kinds)} numbers")
         items = tuple(_number(v, k, f"{key}[{i}]") for i, (v, k) in enumerate(zip(value, kinds)))
         for item in items:
             _check_bounds(item, meta, key)
-        if len(items) == 2 and items[0] > items[1]:
+        if meta.get("ordered") and items[0] > items[1]:
             raise ParamsError(f"{key} = {list(value)}: expected low <= high")
         return items
     if hint is bool:

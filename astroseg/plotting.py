@@ -67,26 +67,26 @@ def plot_samples(images: np.ndarray, masks: np.ndarray, path: str | os.PathLike,
     _save(fig, path, dpi)
 
 
-def plot_predictions(images: np.ndarray, masks: np.ndarray, probabilities: np.ndarray,
-                     threshold: float, path: str | os.PathLike, cmap: str, dpi: int) -> None:
-    """One row per image: image, truth, probability, and where prediction and truth differ."""
+def plot_predictions(images: np.ndarray, masks: np.ndarray, foreground: np.ndarray,
+                     labels: np.ndarray, path: str | os.PathLike, cmap: str, dpi: int) -> None:
+    """One row per image: image, truth, source probability, and where prediction and truth differ."""
     n = len(images)
     fig = Figure(figsize=(10, 2.6 * n), layout="constrained")
     axes = fig.subplots(n, 4, squeeze=False)
+    top = max(1, int(masks.max()), int(labels.max()))
     for i in range(n):
-        pred = probabilities[i] >= threshold
-        truth = masks[i] > 0
+        pred, truth = labels[i] > 0, masks[i] > 0
         diff = np.select([pred & truth, pred & ~truth, ~pred & truth], [1, 2, 3], 0)
         axes[i, 0].imshow(images[i], cmap=cmap, origin="lower")
-        axes[i, 1].imshow(truth, cmap="gray", origin="lower", vmin=0, vmax=1)
-        axes[i, 2].imshow(probabilities[i], cmap="gray", origin="lower", vmin=0, vmax=1)
+        axes[i, 1].imshow(masks[i], cmap="gray", origin="lower", vmin=0, vmax=top)
+        axes[i, 2].imshow(foreground[i], cmap="gray", origin="lower", vmin=0, vmax=1)
         axes[i, 3].imshow(diff, cmap=_DIFF_COLOURS, origin="lower", vmin=0, vmax=3,
                           interpolation="nearest")
         union = (pred | truth).sum()
         iou = (pred & truth).sum() / union if union else 1.0
         axes[i, 3].set_ylabel(f"IoU {iou:.3f}")
         axes[i, 3].yaxis.set_label_position("right")
-    for ax, title in zip(axes[0], ("image", "truth", "probability",
+    for ax, title in zip(axes[0], ("image", "truth", "source probability",
                                    "diff: TP grey, FP orange, FN purple")):
         ax.set_title(title, fontsize=9)
     for ax in axes.flat:

@@ -8,7 +8,7 @@ from astroseg.dataset import load_split
 from astroseg.device import resolve_device
 from astroseg.errors import run_main
 from astroseg.evaluation import evaluate
-from astroseg.examples import save_examples
+from astroseg.examples import Examples, save_examples
 from astroseg.params import load_params
 
 DATA = "data/dataset.h5"
@@ -21,17 +21,23 @@ def main() -> None:
     params = load_params()
     cfg = params.evaluate
     device = resolve_device(cfg.device, "evaluate.device")
-    model, _ = load_checkpoint(MODEL, device)
+    model, checkpoint = load_checkpoint(MODEL, device)
     test = load_split(DATA, "test")
     result = evaluate(model, test, params.loss, device, cfg.batch_size, cfg.threshold,
                       keep=cfg.n_examples)
     metrics = {**result.summary(), "n_images": len(test), "threshold": cfg.threshold}
+    class_names = checkpoint["meta"].get("class_names", ["background", "source"])
+    if len(class_names) > 2:
+        metrics["per_class"] = result.per_class(class_names)
     spiral = test.meta.get("has_spiral")
     if spiral is not None and spiral.any():
         # Unmasked spiral ridges are where thresholding and weak models fail: report them apart.
         metrics["spiral"] = {**result.summary(spiral), "n_images": int(spiral.sum())}
     write_json(METRICS, metrics)
-    save_examples(PREDICTIONS, test, result.probabilities, cfg.threshold)
+
+    n = len(result.labels)
+    save_examples(PREDICTIONS, Examples(test.images[:n], test.masks[:n], result.foreground,
+                                        result.labels))
     print(f"evaluate: test IoU {metrics['iou']:.4f} | Dice {metrics['dice']:.4f} | "
           f"precision {metrics['precision']:.4f} | recall {metrics['recall']:.4f} "
           f"over {len(test)} images -> {METRICS}")

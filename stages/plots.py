@@ -21,15 +21,15 @@ def main() -> None:
     check_cmap(cfg.cmap)
     history = read_history(HISTORY)
     samples = load_split(DATA, "train", limit=cfg.n_samples)
-    examples, probabilities, threshold = load_examples(PREDICTIONS)
-    if cfg.n_predictions > len(probabilities):
-        raise ParamsError(f"plots.n_predictions = {cfg.n_predictions} but {PREDICTIONS} holds "
-                          f"{len(probabilities)}; raise evaluate.n_examples")
+    examples = load_examples(PREDICTIONS)
     n = cfg.n_predictions
+    if n > len(examples.images):
+        raise ParamsError(f"plots.n_predictions = {n} but {PREDICTIONS} holds "
+                          f"{len(examples.images)}; raise evaluate.n_examples")
     plot_training_curves(history, OUT / "training_curves.png", cfg.dpi)
     plot_samples(samples.images, samples.masks, OUT / "samples.png", cfg.cmap, cfg.dpi)
-    plot_predictions(examples.images[:n], examples.masks[:n], probabilities[:n], threshold,
-                     OUT / "predictions.png", cfg.cmap, cfg.dpi)
+    plot_predictions(examples.images[:n], examples.masks[:n], examples.foreground[:n],
+                     examples.labels[:n], OUT / "predictions.png", cfg.cmap, cfg.dpi)
     print(f"plots: wrote training_curves.png, samples.png, predictions.png to {OUT}/")
 
 

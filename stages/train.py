@@ -8,10 +8,10 @@ import torch
 from astroseg.checkpoint import save_checkpoint
 from astroseg.dataset import load_split, read_attrs
 from astroseg.device import resolve_device
-from astroseg.errors import run_main
+from astroseg.errors import ParamsError, run_main
+from astroseg.history import EpochRecord, write_history
 from astroseg.models import build_model
 from astroseg.params import load_params
-from astroseg.history import EpochRecord, write_history
 from astroseg.training import train_model
 
 DATA = "data/dataset.h5"
@@ -24,29 +24,40 @@ def main() -> None:
     cfg = params.train
     device = resolve_device(cfg.device, "train.device")
     attrs = read_attrs(DATA)
+    class_names = attrs.get("class_names", ["background", "source"])
+    k = params.model.num_classes
+    if k != 1 and k != len(class_names):
+        raise ParamsError(f"model.num_classes = {k}: {DATA} has {len(class_names)} classes "
+                          f"{class_names}; use 1 (binary) or {len(class_names)}")
     train, val = load_split(DATA, "train"), load_split(DATA, "val")
     config = {**params.model.config(), "image_size": list(train.images.shape[1:])}
 
     torch.manual_seed(cfg.seed)
-    model = build_model(config)
+    try:
+        model = build_model(config)
+    except ValueError as exc:
+        raise ParamsError(f"model.{config['name']}: {exc}") from None
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"train: {config['name']} with {n_params / 1e6:.2f} M parameters on {device}; "
-          f"{len(train)} train / {len(val)} val images")
+    print(f"train: {config['name']} with {n_params / 1e6:.2f} M parameters on {device} "
+          f"({cfg.precision}); {len(train)} train / {len(val)} val images")
 
     t0 = time.perf_counter()
 
     def report(r: EpochRecord) -> None:
         print(f"epoch {r.epoch:3d} | train loss {r.train_loss:.4f} | val loss {r.val_loss:.4f} "
-              f"| IoU {r.val_iou:.4f} | Dice {r.val_dice:.4f} | {time.perf_counter() - t0:6.1f} s",
-              flush=True)
+              f"| IoU {r.val_iou:.4f} | Dice {r.val_dice:.4f} | lr {r.lr:.2e} "
+              f"| {time.perf_counter() - t0:6.1f} s", flush=True)
 
-    history = train_model(model, train, val, cfg, params.loss, device, on_epoch=report)
-    meta = {"normalization": attrs.get("normalization", "minmax"),
-            "class_names": attrs.get("class_names", ["background", "source"]),
-            "epochs": cfg.epochs, "val_iou": history[-1].val_iou}
+    result = train_model(model, train, val, cfg, params.loss, device, on_epoch=report)
+    model.load_state_dict(result.best_state)
+    best = result.history[result.best_epoch - 1]
+    meta = {"normalization": attrs.get("normalization", "minmax"), "class_names": class_names,
+            "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+            "val_iou": best.val_iou}
     save_checkpoint(MODEL, model, config, meta)
-    write_history(HISTORY, history)
-    print(f"train: wrote {MODEL} and {HISTORY} in {time.perf_counter() - t0:.1f} s")
+    write_history(HISTORY, result.history)
+    print(f"train: kept epoch {result.best_epoch} (val IoU {best.val_iou:.4f}); wrote {MODEL} "
+          f"and {HISTORY} in {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,23 @@
-"""Per-image metrics and losses on hand-checked examples."""
+"""Per-image metrics and losses on hand-checked examples, binary and multi-class."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from astroseg.losses import bce_loss, combo_loss, soft_dice_loss
-from astroseg.metrics import confusion_counts, scores_from_counts
+from astroseg.losses import cross_entropy, probabilities, segmentation_loss, soft_dice_loss
+from astroseg.metrics import confusion_counts, predict_labels, scores_from_counts
 from astroseg.params import LossParams
 
 
 def test_counts_and_scores_on_a_known_pair():
-    target = torch.zeros(1, 4, 4, dtype=torch.bool)
-    target[0, :2, :2] = True               # 4 true pixels
+    target = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    target[0, :2, :2] = 1                  # 4 true pixels
     pred = torch.zeros_like(target)
-    pred[0, :2, :3] = True                 # 6 predicted: 4 TP, 2 FP
-    pred[0, 1, 0] = False                  # now 3 TP, 2 FP, 1 FN
+    pred[0, :2, :3] = 1                    # 6 predicted: 4 TP, 2 FP
+    pred[0, 1, 0] = 0                      # now 3 TP, 2 FP, 1 FN
     counts = confusion_counts(pred, target)
-    assert counts.tolist() == [[3, 2, 1]]
+    assert counts.tolist() == [[[3, 2, 1]]]
     s = scores_from_counts(counts)
     assert s["iou"].item() == pytest.approx(3 / 6)
     assert s["dice"].item() == pytest.approx(6 / 9)
@@ -26,25 +26,48 @@ def test_counts_and_scores_on_a_known_pair():
 
 
 def test_scores_are_per_image_and_empty_on_empty_is_perfect():
-    target = torch.zeros(3, 2, 2, dtype=torch.bool)
+    target = torch.zeros(3, 2, 2, dtype=torch.uint8)
     pred = torch.zeros_like(target)
-    target[1] = True                       # image 1: all missed
-    pred[2, 0, 0] = True                   # image 2: one false positive
+    target[1] = 1                          # image 1: all missed
+    pred[2, 0, 0] = 1                      # image 2: one false positive
     s = scores_from_counts(confusion_counts(pred, target))
-    assert s["iou"].tolist() == [1.0, 0.0, 0.0]
-    assert s["precision"].tolist() == [1.0, 1.0, 0.0]
-    assert s["recall"].tolist() == [1.0, 0.0, 1.0]
+    assert s["iou"][:, 0].tolist() == [1.0, 0.0, 0.0]
+    assert s["precision"][:, 0].tolist() == [1.0, 1.0, 0.0]
+    assert s["recall"][:, 0].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_multiclass_counts_per_foreground_class():
+    target = torch.tensor([[[0, 1], [2, 2]]], dtype=torch.uint8)
+    pred = torch.tensor([[[1, 1], [2, 0]]], dtype=torch.uint8)
+    counts = confusion_counts(pred, target, num_labels=3)
+    assert counts.tolist() == [[[1, 1, 0], [1, 0, 1]]]   # class 1: TP, FP; class 2: TP, FN
+
+
+def test_labels_threshold_binary_and_argmax_multiclass():
+    binary = torch.tensor([[[[0.2, 0.7]]]])
+    assert predict_labels(binary, 0.5).tolist() == [[[0, 1]]]
+    assert predict_labels(binary, 0.1).tolist() == [[[1, 1]]]
+    multi = torch.tensor([[[[0.1, 0.6]], [[0.7, 0.1]], [[0.2, 0.3]]]])
+    assert predict_labels(multi, 0.5).tolist() == [[[1, 0]]]
 
 
 def test_losses_reward_better_predictions_per_image():
-    target = torch.zeros(2, 1, 8, 8)
+    target = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
     target[:, :, 2:6, 2:6] = 1
-    good = (target * 2 - 1) * 6            # confident and right
-    bad = -good                            # confident and wrong
-    logits = torch.cat([good[:1], bad[:1]])
-    dice = soft_dice_loss(logits, target)
+    good = (target.float() * 2 - 1) * 6    # confident and right
+    logits = torch.cat([good[:1], -good[:1]])
+    dice = soft_dice_loss(probabilities(logits), target.float())
     assert dice.shape == (2,) and dice[0] < 0.01 < 0.99 < dice[1]
-    bce = bce_loss(logits, target)
-    assert bce[0] < 0.01 and bce[1] > 5
-    combo = combo_loss(logits, target, LossParams(dice_weight=0.6, bce_weight=0.4))
-    assert torch.allclose(combo, 0.6 * dice + 0.4 * bce)
+    ce = cross_entropy(logits, target)
+    assert ce[0] < 0.01 and ce[1] > 5
+    combo = segmentation_loss(logits, target, LossParams(dice_weight=0.6, bce_weight=0.4))
+    assert torch.allclose(combo, 0.6 * dice + 0.4 * ce)
+
+
+def test_two_class_softmax_loss_matches_its_binary_twin():
+    # Softmax over logits (0, z) equals sigmoid(z): the two formulations must agree on CE.
+    target = (torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0)) > 0.5).to(torch.uint8)
+    z = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    two = torch.cat([torch.zeros_like(z), z], dim=1)
+    assert torch.allclose(cross_entropy(two, target), cross_entropy(z, target), atol=1e-6)
+    assert segmentation_loss(two, target, LossParams()).shape == (2,)

@@ -68,3 +68,53 @@ def test_bad_checkpoints_are_named(tmp_path):
     torch.save({"weights": torch.zeros(1)}, wrong)
     with pytest.raises(DataError, match="checkpoint format None, expected 1"):
         load_checkpoint(wrong)
+
+
+SEGFORMER = {"name": "segformer", "image_size": [64, 64], "dims": [8, 16, 24], "depths": [1, 1, 1],
+             "heads": [1, 2, 3], "sr_ratios": [4, 2, 1], "decoder_dim": 16, "refine_dim": 4}
+
+
+@pytest.mark.parametrize("refine_dim", [0, 4])
+def test_segformer_accepts_any_multiple_of_its_stride(refine_dim):
+    torch.manual_seed(0)
+    model = build_model({**SEGFORMER, "refine_dim": refine_dim, "num_classes": 3}).eval()
+    assert model.stride == 16
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 3, 64, 64)
+    assert model(torch.randn(1, 1, 48, 112)).shape == (1, 3, 48, 112)
+    with pytest.raises(ValueError, match="not a multiple of the model stride 16"):
+        model(torch.randn(1, 1, 40, 64))
+    with pytest.raises(ValueError, match="image size 40x64 is not a multiple"):
+        build_model({**SEGFORMER, "image_size": [40, 64]})
+
+
+def test_default_segformer_is_under_one_gflop_per_128px_image():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from astroseg.params import load_params
+    from conftest import ROOT
+
+    config = {**load_params(ROOT / "params.yaml").model.config(), "image_size": [128, 128]}
+    assert config["name"] == "segformer"
+    model = build_model(config).eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 1, 128, 128))
+    assert counter.get_total_flops() <= 1.0e9
+
+
+def test_stochastic_depth_only_in_training():
+    torch.manual_seed(0)
+    model = build_model({**SEGFORMER, "drop_path": 0.5, "dropout": 0.0})
+    x = torch.randn(2, 1, 64, 64)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+def test_relative_position_bias_variant_trains_and_resizes():
+    torch.manual_seed(0)
+    model = build_model({**CONFIG, "pos_encoding": "relative_bias"})
+    assert model.pos_embed is None
+    model(torch.randn(2, 1, 32, 32)).mean().backward()
+    assert model.rel_bias[0].table.grad.abs().sum() > 0
+    assert model(torch.randn(1, 1, 48, 24)).shape == (1, 1, 48, 24)

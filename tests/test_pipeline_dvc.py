@@ -61,7 +61,7 @@ def test_plots_param_reruns_only_plots(repo):
 
 
 def test_train_param_reruns_train_evaluate_plots_not_prepare(repo):
-    _set(repo, "train", "lr", 0.001)
+    _set(repo, "train", "lr", 0.0123)
     assert _ran(sh([DVC, "repro"], repo).stdout) == ["train", "evaluate", "plots"]
 
 

@@ -73,3 +73,18 @@ def test_corrupt_dataset_is_named(pipeline_outputs, tmp_path):
     result = run_stage("train", work)
     assert result.returncode == 2
     assert "data/dataset.h5: not a readable HDF5 file" in result.stderr
+
+
+def test_two_class_softmax_runs_end_to_end_and_wrong_k_is_refused(pipeline_outputs, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(pipeline_outputs, work)
+    write_params(work, tiny_params(model={"num_classes": 2}))
+    for stage in ("train", "evaluate", "plots"):
+        result = run_stage(stage, work)
+        assert result.returncode == 0, result.stderr
+    metrics = json.loads((work / "metrics/metrics.json").read_text())
+    assert 0.0 <= metrics["iou"] <= 1.0
+    write_params(work, tiny_params(model={"num_classes": 3}))
+    result = run_stage("train", work)
+    assert result.returncode == 2
+    assert "model.num_classes = 3: data/dataset.h5 has 2 classes" in result.stderr

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from astroseg.dataset import Split
 from astroseg.models import build_model
 from astroseg.params import DataParams, LossParams, TrainParams
 from astroseg.synthetic import render
-from astroseg.training import train_model
+from astroseg.training import augment_d4, lr_factor, train_model
 
 DATA = DataParams(height=32, width=32,
                   galaxies=dataclasses.replace(DataParams().galaxies, margin=8.0, a=(3.0, 6.0),
@@ -27,8 +28,8 @@ def _split(name: str, n: int) -> Split:
 def _run(cfg: TrainParams, train: Split, val: Split):
     torch.manual_seed(cfg.seed)
     model = build_model(CONFIG)
-    history = train_model(model, train, val, cfg, LossParams(), torch.device("cpu"))
-    return model, history
+    result = train_model(model, train, val, cfg, LossParams(), torch.device("cpu"))
+    return model, result.history
 
 
 def test_same_params_give_identical_weights_and_history():
@@ -50,3 +51,43 @@ def test_training_learns_the_masks():
     assert history[-1].train_loss < 0.7 * history[0].train_loss
     assert history[-1].val_iou > 0.5
     assert [r.epoch for r in history] == list(range(1, 7))
+
+
+def test_best_epoch_weights_are_returned():
+    train, val = _split("train", 24), _split("val", 8)
+    cfg = TrainParams(epochs=3, batch_size=8, lr=3e-3, progress=False)
+    torch.manual_seed(cfg.seed)
+    model = build_model(CONFIG)
+    result = train_model(model, train, val, cfg, LossParams(), torch.device("cpu"))
+    ious = [r.val_iou for r in result.history]
+    assert result.best_epoch == 1 + ious.index(max(ious))
+    assert set(result.best_state) == set(model.state_dict())
+
+
+def test_early_stopping_stops_after_patience():
+    train, val = _split("train", 16), _split("val", 8)
+    # lr so small that validation never improves after the first epoch's score.
+    cfg = TrainParams(epochs=6, batch_size=8, lr=1e-9, early_stopping=2, progress=False)
+    _, history = _run(cfg, train, val)
+    assert len(history) < 6
+
+
+def test_lr_schedule_warms_up_then_decays_by_cosine():
+    f = [lr_factor(s, 100, 10, "cosine", 0.01) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[55] == pytest.approx(0.505, abs=0.01)
+    assert f[99] == pytest.approx(0.01, abs=0.001)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert lr_factor(50, 100, 0, "constant", 0.01) == 1.0
+
+
+def test_augmentation_moves_pixels_together_and_keeps_their_values():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 8, 8, generator=gen)
+    y = (x > 0.5).to(torch.uint8)
+    ax, ay = augment_d4(x, y, gen)
+    assert torch.equal(ay, (ax > 0.5).to(torch.uint8))          # same transform on both
+    assert torch.equal(ax.flatten(1).sort(1).values, x.flatten(1).sort(1).values)  # no resampling
+    assert not torch.equal(ax, x)
+    rect = torch.rand(8, 1, 4, 6, generator=gen)                # non-square: shape kept
+    assert augment_d4(rect, rect, gen)[0].shape == rect.shape

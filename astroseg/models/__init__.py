@@ -6,9 +6,10 @@ from typing import Any
 
 from torch import nn
 
+from astroseg.models.segformer import SegFormer
 from astroseg.models.tiny_segformer import TinySegFormer
 
-MODELS: dict[str, type[nn.Module]] = {"tiny_segformer": TinySegFormer}
+MODELS: dict[str, type[nn.Module]] = {"segformer": SegFormer, "tiny_segformer": TinySegFormer}
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
@@ -17,5 +18,6 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     name = kwargs.pop("name")
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    kwargs["image_size"] = tuple(kwargs["image_size"])
+    # Params and checkpoints hold lists; the models take tuples.
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return MODELS[name](**kwargs)
