@@ -1,0 +1,77 @@
+"""The seed's model (tiny_segformer) against the default segformer, side by side in one process.
+
+    .venv/bin/python benchmarks/bench_models.py [--repeats 5]
+
+Prints, for each model as configured in params.yaml: parameters, forward GFLOP per 128x128 image
+(torch.utils.flop_counter), and the median CPU training-step time (batch 16) in fp32 and with the
+bf16 autocast the default recipe uses; then the ratios seed / segformer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from astroseg.models import build_model
+from astroseg.params import load_params
+
+
+def _step(model: torch.nn.Module, batch: torch.Tensor, precision: str):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" \
+        else contextlib.nullcontext
+
+    def step():
+        with cast():
+            loss = model(batch).float().sigmoid().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}")
+    model_params = load_params(args.params).model
+    torch.manual_seed(0)
+    batch = torch.rand(16, 1, 128, 128)
+    rows = {}
+    for name in ("tiny_segformer", "segformer"):
+        config = {"name": name, "num_classes": 1, "image_size": [128, 128],
+                  **getattr(model_params, name).__dict__}
+        model = build_model(config)
+        with FlopCounterMode(display=False) as counter:
+            model.eval()(batch[:1])
+        model.train()
+        steps = {p: _step(model, batch, p) for p in ("fp32", "bf16")}
+        for step in steps.values():
+            step()  # warm-up
+        times = {p: [] for p in steps}
+        for _ in range(args.repeats):
+            for p, step in steps.items():  # interleaved, so noise hits both alike
+                t0 = time.perf_counter()
+                step()
+                times[p].append(time.perf_counter() - t0)
+        rows[name] = (sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 1e9,
+                      statistics.median(times["fp32"]), statistics.median(times["bf16"]))
+        n, gflop, fp32, bf16 = rows[name]
+        print(f"{name:15s} {n / 1e6:5.2f} M params  {gflop:5.2f} GFLOP/image  "
+              f"step fp32 {fp32:.3f} s  bf16 {bf16:.3f} s")
+    seed, ours = rows["tiny_segformer"], rows["segformer"]
+    print(f"ratio seed/segformer: GFLOP {seed[1] / ours[1]:.1f}x, step fp32 {seed[2] / ours[2]:.1f}x, "
+          f"bf16 {seed[3] / ours[3]:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
