@@ -10,30 +10,14 @@ bf16 autocast the default recipe uses; then the ratios seed / segformer.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
-import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from astroseg.models import build_model
 from astroseg.params import load_params
-
-
-def _step(model: torch.nn.Module, batch: torch.Tensor, precision: str):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" \
-        else contextlib.nullcontext
-
-    def step():
-        with cast():
-            loss = model(batch).float().sigmoid().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step
+from timing import interleaved_medians, train_step
 
 
 def main() -> None:
@@ -54,17 +38,10 @@ def main() -> None:
         with FlopCounterMode(display=False) as counter:
             model.eval()(batch[:1])
         model.train()
-        steps = {p: _step(model, batch, p) for p in ("fp32", "bf16")}
-        for step in steps.values():
-            step()  # warm-up
-        times = {p: [] for p in steps}
-        for _ in range(args.repeats):
-            for p, step in steps.items():  # interleaved, so noise hits both alike
-                t0 = time.perf_counter()
-                step()
-                times[p].append(time.perf_counter() - t0)
+        med = interleaved_medians({p: train_step(model, batch, p) for p in ("fp32", "bf16")},
+                                  args.repeats)
         rows[name] = (sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 1e9,
-                      statistics.median(times["fp32"]), statistics.median(times["bf16"]))
+                      med["fp32"], med["bf16"])
         n, gflop, fp32, bf16 = rows[name]
         print(f"{name:15s} {n / 1e6:5.2f} M params  {gflop:5.2f} GFLOP/image  "
               f"step fp32 {fp32:.3f} s  bf16 {bf16:.3f} s")

@@ -19,6 +19,7 @@ from astroseg.models import build_model
 from astroseg.params import DataParams, TinySegFormerParams
 from astroseg.synthetic import generate
 from seed_reference import SeedTinySegFormer, make_sample
+from timing import interleaved_medians, train_step
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -28,18 +29,6 @@ def _median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def _train_step(model: torch.nn.Module, batch: torch.Tensor):
-    model(batch)  # materialise lazy parameters before the optimizer sees the list
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-
-    def step():
-        loss = model(batch).sigmoid().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step
 
 
 def main() -> None:
@@ -62,19 +51,8 @@ def main() -> None:
     batch = torch.rand(args.batch, 1, 128, 128)
     cfg = {"name": "tiny_segformer", "image_size": [128, 128],
            **TinySegFormerParams().__dict__}  # the seed's exact architecture
-    steps = {"seed": _train_step(SeedTinySegFormer(), batch),
-             "astroseg": _train_step(build_model(cfg), batch)}
-    for step in steps.values():
-        step()  # warm-up
-    med = {}
-    # Interleave the two so that machine noise hits both alike.
-    runs = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            runs[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(ts) for name, ts in runs.items()}
+    med = interleaved_medians({"seed": train_step(SeedTinySegFormer(), batch),
+                               "astroseg": train_step(build_model(cfg), batch)}, args.repeats)
     print(f"train step, batch {args.batch}, TinySegFormer embed_dim 128: seed {med['seed']:.3f} s, "
           f"astroseg {med['astroseg']:.3f} s, ratio {med['seed'] / med['astroseg']:.2f}x")
 
