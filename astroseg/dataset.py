@@ -96,11 +96,8 @@ def _open(path: Path) -> h5py.File:
         raise DataError(f"{path}: not a readable HDF5 file, truncated or corrupt? ({exc})") from None
 
 
-def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
-    """Root attributes of a dataset file, JSON values decoded; checks the schema version."""
-    path = Path(path)
-    with _open(path) as f:
-        attrs = dict(f.attrs)
+def _checked_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
+    attrs = dict(f.attrs)
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
         found = "missing" if version is None else f"{version}"
@@ -112,11 +109,18 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     return attrs
 
 
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """Root attributes of a dataset file, JSON values decoded; checks the schema version."""
+    path = Path(path)
+    with _open(path) as f:
+        return _checked_attrs(f, path)
+
+
 def load_split(path: str | os.PathLike, split: str, limit: int | None = None) -> Split:
     """Read (the first `limit` images of) one split into memory, checking shapes and values."""
     path = Path(path)
-    read_attrs(path)
     with _open(path) as f:
+        _checked_attrs(f, path)
         if split not in f:
             raise DataError(f"{path}: no split '{split}' (found: {', '.join(f.keys()) or 'none'})")
         group = f[split]
@@ -137,8 +141,8 @@ def load_split(path: str | os.PathLike, split: str, limit: int | None = None) ->
 def split_sizes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Shape of each split's images, without reading the pixels."""
     path = Path(path)
-    read_attrs(path)
     with _open(path) as f:
+        _checked_attrs(f, path)
         return {name: f[name]["images"].shape for name in f if "images" in f[name]}
 
 
