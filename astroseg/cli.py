@@ -28,15 +28,39 @@ def _info(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     from astroseg.errors import ParamsError
-    from astroseg.predict import predict_h5
+    from astroseg.fits_io import is_fits
 
     if args.batch_size < 1:
         raise ParamsError(f"--batch-size = {args.batch_size}: expected >= 1")
     if not 0 < args.threshold < 1:
         raise ParamsError(f"--threshold = {args.threshold}: expected between 0 and 1")
+    if is_fits(args.input):
+        from astroseg.predict_fits import predict_fits
+
+        if args.window < 1:
+            raise ParamsError(f"--window = {args.window}: expected >= 1")
+        hdu = int(args.hdu) if args.hdu and args.hdu.isdigit() else args.hdu
+        r = predict_fits(args.input, args.output, args.model, args.device, args.batch_size,
+                         args.threshold, args.window, args.overlap, hdu, args.precision)
+        print(f"{args.output}: probability and mask of {args.input} ({r.height}x{r.width}, "
+              f"{r.windows} windows, {r.normalization} normalisation)")
+        return
+    from astroseg.predict import predict_h5
+
     n = predict_h5(args.input, args.output, args.model, args.device, args.batch_size,
                    args.threshold)
     print(f"{args.output}: probabilities and masks for {n} images")
+
+
+def _make_sky(args: argparse.Namespace) -> None:
+    from astroseg.errors import ParamsError
+    from astroseg.sky import write_sky
+
+    if args.fields < 1 or args.size < 32:
+        raise ParamsError("--fields must be >= 1 and --size >= 32")
+    paths = write_sky(args.outdir, args.fields, args.size, args.seed)
+    print(f"{args.outdir}: wrote {len(paths)} fields of {args.size}x{args.size} "
+          f"(images/*.fits, masks/*.fits)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,14 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="summarise a dataset HDF5 file")
     info.add_argument("dataset", nargs="?", default="data/dataset.h5")
     info.set_defaults(func=_info)
-    pred = sub.add_parser("predict", help="segment the 'images' (N, H, W) of an HDF5 file")
-    pred.add_argument("input", help="HDF5 file with a dataset 'images', normalised like training")
-    pred.add_argument("-o", "--output", required=True, help="HDF5 file to write")
+    pred = sub.add_parser("predict", help="segment an HDF5 stack of cut-outs or a FITS image",
+                          description="IN.h5 holds 'images' (N, H, W) normalised like training; "
+                          "a FITS image of any size is normalised as the model was trained and "
+                          "segmented with blended sliding windows, keeping its WCS.")
+    pred.add_argument("input", help="HDF5 file with a dataset 'images', or a FITS image")
+    pred.add_argument("-o", "--output", required=True, help="HDF5 or FITS file to write")
     pred.add_argument("--model", default="models/model.pt")
     pred.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    pred.add_argument("--batch-size", type=int, default=16)
+    pred.add_argument("--batch-size", type=int, default=8)
     pred.add_argument("--threshold", type=float, default=0.5)
+    pred.add_argument("--window", type=int, default=512, help="FITS: window side (pixels)")
+    pred.add_argument("--overlap", type=int, default=64, help="FITS: window overlap (pixels)")
+    pred.add_argument("--hdu", default=None, help="FITS: image HDU index or EXTNAME "
+                      "(default: the first HDU with an image)")
+    pred.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                      help="FITS: bf16 autocast is faster on CPUs with bf16 support")
     pred.set_defaults(func=_predict)
+    sky = sub.add_parser("make-sky", help="write example survey fields (FITS with WCS, BLANK "
+                         "pixels, BSCALE) and their masks, for the FITS workflow")
+    sky.add_argument("outdir")
+    sky.add_argument("--fields", type=int, default=6)
+    sky.add_argument("--size", type=int, default=512)
+    sky.add_argument("--seed", type=int, default=0)
+    sky.set_defaults(func=_make_sky)
     return parser
 
 

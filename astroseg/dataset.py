@@ -5,6 +5,7 @@ Schema (version 1):
   /<split>/images   float32 (N, H, W), one chunk per image, lzf-compressed
   /<split>/masks    uint8 (N, H, W), class index per pixel (0 = background)
   /<split>/meta/*   one (N,) array per per-image field (n_sources, has_spiral, ...)
+  /<split>/valid    optional uint8 (N, H, W), 1 where the pixel was measured (FITS sources)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Split:
     images: np.ndarray                    # float32 (N, H, W)
     masks: np.ndarray                     # uint8 (N, H, W)
     meta: dict[str, np.ndarray] = field(default_factory=dict)
+    valid: np.ndarray | None = None       # uint8 (N, H, W) if the file has it
 
     def __len__(self) -> int:
         return len(self.images)
@@ -43,11 +45,19 @@ class SplitWriter:
     group: h5py.Group
 
     def write(self, start: int, images: np.ndarray, masks: np.ndarray,
-              meta: dict[str, np.ndarray]) -> None:
-        """Write rows [start, start + len(images)) of images, masks and metadata."""
+              meta: dict[str, np.ndarray], valid: np.ndarray | None = None) -> None:
+        """Write rows [start, start + len(images)) of images, masks, metadata (and valid maps).
+
+        A split created with unknown size grows to fit.
+        """
         stop = start + len(images)
-        self.group["images"][start:stop] = images
-        self.group["masks"][start:stop] = masks
+        arrays = {"images": images, "masks": masks, **({"valid": valid} if valid is not None else {})}
+        targets = [self.group[k] for k in arrays] + [self.group["meta"][k] for k in meta]
+        for target in targets:
+            if target.shape[0] < stop:
+                target.resize(stop, axis=0)
+        for key, values in arrays.items():
+            self.group[key][start:stop] = values
         for key, values in meta.items():
             self.group["meta"][key][start:stop] = values
 
@@ -66,21 +76,29 @@ class DatasetWriter:
         self._file = h5py.File(tmp, "w", track_order=True)
         self._file.attrs["schema_version"] = SCHEMA_VERSION
         for key, value in self.attrs.items():
-            self._file.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+            self.set_attr(key, value)
         return self
 
-    def split(self, name: str, n: int, shape: tuple[int, int],
-              meta_dtypes: dict[str, np.dtype]) -> SplitWriter:
-        """Create the datasets of split `name` for `n` images of `shape`."""
+    def split(self, name: str, n: int | None, shape: tuple[int, int],
+              meta_dtypes: dict[str, np.dtype], valid: bool = False) -> SplitWriter:
+        """Create the datasets of split `name` for `n` images of `shape` (None: grow on write)."""
         group = self._file.create_group(name)
+        grow = {"maxshape": (None, *shape)} if n is None else {}
+        n = 0 if n is None else n
+        keys = (("images", np.float32), ("masks", np.uint8)) + ((("valid", np.uint8),) if valid else ())
         # track_times=False keeps the bytes identical across runs of the same params.
-        for key, dtype in (("images", np.float32), ("masks", np.uint8)):
+        for key, dtype in keys:
             group.create_dataset(key, shape=(n, *shape), dtype=dtype, chunks=(1, *shape),
-                                 compression="lzf", track_times=False)
+                                 compression="lzf", track_times=False, **grow)
         meta = group.create_group("meta")
         for key, dtype in meta_dtypes.items():
-            meta.create_dataset(key, shape=(n,), dtype=dtype, track_times=False)
+            meta.create_dataset(key, shape=(n,), dtype=dtype, track_times=False,
+                                **({"maxshape": (None,)} if grow else {}))
         return SplitWriter(group)
+
+    def set_attr(self, key: str, value: Any) -> None:
+        """Set a root attribute (JSON-encoded unless a plain str/int/float)."""
+        self._file.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
 
     def __exit__(self, *exc_info) -> bool | None:
         self._file.close()
@@ -103,7 +121,7 @@ def _checked_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
         found = "missing" if version is None else f"{version}"
         raise DataError(f"{path}: schema_version is {found}, this astroseg reads version "
                         f"{SCHEMA_VERSION}; regenerate it with the prepare stage")
-    for key in ("class_names", "params"):
+    for key in ("class_names", "params", "fields"):
         if key in attrs:
             attrs[key] = json.loads(attrs[key])
     return attrs
@@ -128,6 +146,7 @@ def load_split(path: str | os.PathLike, split: str, limit: int | None = None) ->
             images = group["images"][:limit]
             masks = group["masks"][:limit]
             meta = {k: v[:limit] for k, v in group["meta"].items()} if "meta" in group else {}
+            valid = group["valid"][:limit] if "valid" in group else None
         except (KeyError, OSError) as exc:
             raise DataError(f"{path}: cannot read split '{split}': {exc}") from None
     if images.ndim != 3 or images.shape != masks.shape:
@@ -135,7 +154,8 @@ def load_split(path: str | os.PathLike, split: str, limit: int | None = None) ->
                         f"{masks.shape}; expected equal (N, H, W)")
     if not np.isfinite(images).all():
         raise DataError(f"{path}: {split}/images holds NaN or infinite values")
-    return Split(images.astype(np.float32, copy=False), masks.astype(np.uint8, copy=False), meta)
+    return Split(images.astype(np.float32, copy=False), masks.astype(np.uint8, copy=False), meta,
+                 valid)
 
 
 def split_sizes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:

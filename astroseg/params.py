@@ -78,9 +78,34 @@ class NoiseParams:
 
 
 @dataclass(frozen=True)
+class FitsParams:
+    """`data.source: fits`: survey images and masks, tiled; split by field (file), not by tile."""
+    images: str = _p("raw/images/*.fits")   # glob, relative to the project root
+    masks: str = _p("raw/masks/*.fits")     # paired with images by file name (without suffix)
+    hdu: str = _p("")                       # image HDU: index or EXTNAME; "" = first image HDU
+    mask_hdu: str = _p("")
+    bad_pixels: str = _p("")                # optional glob of bad-pixel maps (nonzero = bad)
+    bad_pixel_hdu: str = _p("")             # or an HDU of the image file (e.g. DQ), nonzero = bad
+    tile: int = _p(128, ge=8)
+    stride: int = _p(96, ge=1)
+    skip_empty: bool = _p(False)            # drop tiles without any source pixel
+    val_fraction: float = _p(0.15, gt=0, lt=1)
+    test_fraction: float = _p(0.15, gt=0, lt=1)
+
+    def check(self) -> None:
+        if self.stride > self.tile:
+            raise ParamsError(f"data.fits.stride = {self.stride} exceeds data.fits.tile = "
+                              f"{self.tile}: tiles would leave gaps")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ParamsError("data.fits.val_fraction + data.fits.test_fraction must be < 1 "
+                              "to leave fields for training")
+
+
+@dataclass(frozen=True)
 class DataParams:
     """The `data` section: how `prepare` builds data/dataset.h5."""
-    source: str = _p("synthetic", choices=("synthetic",))
+    source: str = _p("synthetic", choices=("synthetic", "fits"))
+    normalize: str = _p("minmax", choices=("minmax", "zscale", "asinh"))
     seed: int = _p(1234, ge=0)
     height: int = _p(128, ge=8)
     width: int = _p(128, ge=8)
@@ -92,6 +117,7 @@ class DataParams:
     bar: BarParams = _sub(BarParams)
     spiral: SpiralParams = _sub(SpiralParams)
     noise: NoiseParams = _sub(NoiseParams)
+    fits: FitsParams = _sub(FitsParams)
 
     def check(self) -> None:
         margin = self.galaxies.margin
@@ -277,6 +303,8 @@ def _parse_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
             raise ParamsError(f"{key} = {_describe(value)}: expected true or false")
         return value
     if hint is str:
+        if key.endswith("hdu") and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # an HDU is an index or an EXTNAME
         if not isinstance(value, str):
             raise ParamsError(f"{key} = {_describe(value)}: expected a string")
         if meta["choices"] and value not in meta["choices"]:

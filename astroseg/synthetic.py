@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from astroseg.normalize import normalize_array
 from astroseg.params import DataParams
 
 SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}
@@ -21,7 +22,7 @@ SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}
 class Chunk:
     """Images [start, start + len) of one split, with what each contains."""
     start: int
-    images: np.ndarray      # float32 (B, H, W), min-max normalised to [0, 1]
+    images: np.ndarray      # float32 (B, H, W), normalised to [0, 1] by data.normalize
     masks: np.ndarray       # uint8 (B, H, W), 1 = galaxy
     n_sources: np.ndarray   # uint8 (B,)
     has_bar: np.ndarray     # bool (B,)
@@ -82,8 +83,11 @@ def _draw(p: DataParams, split: str, indices: range) -> _Draws:
     return _Draws(**{k: np.stack([d[k] for d in per_image]) for k in per_image[0]})
 
 
-def render(p: DataParams, split: str, indices: range) -> Chunk:
-    """Render images `indices` of `split`; identical output for an index whatever the chunking."""
+def render(p: DataParams, split: str, indices: range, raw: bool = False) -> Chunk:
+    """Render images `indices` of `split`; identical output for an index whatever the chunking.
+
+    `raw` skips the normalisation (flux as drawn: noise plus profiles), for writing sky files.
+    """
     d = _draw(p, split, indices)
     f32 = np.float32
     yy, xx = np.mgrid[0:p.height, 0:p.width].astype(f32)
@@ -117,8 +121,14 @@ def render(p: DataParams, split: str, indices: range) -> Chunk:
         ridge = np.sin(k * np.log1p(r) + p.spiral.arms * angle) > p.spiral.ridge_level
         np.add.at(images, si, p.spiral.amplitude * ridge.astype(f32))
 
-    images -= images.min(axis=(1, 2), keepdims=True)
-    images /= images.max(axis=(1, 2), keepdims=True) + f32(1e-6)
+    if not raw and p.normalize == "minmax":
+        # Vectorised form of astroseg.normalize's minmax, the same arithmetic per image.
+        images -= images.min(axis=(1, 2), keepdims=True)
+        images /= images.max(axis=(1, 2), keepdims=True) + f32(1e-6)
+    elif not raw:
+        valid = np.ones(images.shape[1:], dtype=bool)
+        images = np.stack([normalize_array(im, valid, p.normalize, "synthetic image")[0]
+                           for im in images])
     return Chunk(
         start=indices.start,
         images=images.astype(f32),

@@ -1,4 +1,4 @@
-"""prepare: params `data.*` -> data/dataset.h5 (synthetic train/val/test splits)."""
+"""prepare: params `data.*` -> data/dataset.h5 (train/val/test splits, synthetic or from FITS)."""
 
 import dataclasses
 import sys
@@ -8,18 +8,18 @@ import numpy as np
 
 from astroseg.dataset import SPLITS, DatasetWriter
 from astroseg.errors import run_main
-from astroseg.params import load_params
+from astroseg.fits_source import write_fits_dataset
+from astroseg.params import DataParams, load_params
 from astroseg.synthetic import generate
 
 OUT = "data/dataset.h5"
 META_DTYPES = {"n_sources": np.uint8, "has_bar": np.bool_, "has_spiral": np.bool_}
 
 
-def main() -> None:
-    p = load_params().data
-    t0 = time.perf_counter()
+def prepare_synthetic(p: DataParams) -> dict[str, int]:
+    """Render the synthetic splits chunk by chunk into OUT."""
     attrs = {"source": p.source, "class_names": ["background", "source"],
-             "normalization": "minmax", "params": dataclasses.asdict(p)}
+             "normalization": p.normalize, "params": dataclasses.asdict(p)}
     sizes = dict(zip(SPLITS, (p.n_train, p.n_val, p.n_test)))
     with DatasetWriter(OUT, attrs) as out:
         for split, n in sizes.items():
@@ -27,8 +27,15 @@ def main() -> None:
             for chunk in generate(p, split, n):
                 meta = {k: getattr(chunk, k) for k in META_DTYPES}
                 writer.write(chunk.start, chunk.images, chunk.masks, meta)
+    return sizes
+
+
+def main() -> None:
+    p = load_params().data
+    t0 = time.perf_counter()
+    sizes = write_fits_dataset(OUT, p) if p.source == "fits" else prepare_synthetic(p)
     counts = ", ".join(f"{k} {v}" for k, v in sizes.items())
-    print(f"prepare: wrote {OUT} ({counts}; {p.height}x{p.width}) "
+    print(f"prepare: wrote {OUT} from {p.source} data ({counts} images) "
           f"in {time.perf_counter() - t0:.1f} s")
 
 

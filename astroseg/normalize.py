@@ -1,0 +1,103 @@
+"""Per-field intensity normalisation to [0, 1], shared by dataset preparation and prediction.
+
+A field (one FITS image, or one synthetic cut-out) is normalised as a whole, from statistics of
+its valid pixels, so neighbouring tiles of a field are scaled alike and a big image predicted
+window by window gets the same input as the tiles the model was trained on.
+
+  minmax  (x - min) / (max - min): the seed's choice; fine for clean, simulated data.
+  zscale  IRAF's zscale limits (astropy ZScaleInterval), clipped to [0, 1]: the display
+          range an astronomer looks at; saturates bright cores, keeps faint outskirts.
+  asinh   sigma-clipped background and noise (astropy sigma_clipped_stats): the range from
+          median - 3 sigma to the 99.9th percentile, clipped, then an asinh stretch
+          (astropy AsinhStretch) that is linear near the noise and logarithmic for bright
+          sources: real dynamic range without losing the faint edges that define a mask.
+Invalid pixels (NaN, inf, bad-pixel mask) are excluded from the statistics and set to 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from astroseg.errors import DataError
+
+METHODS = ("minmax", "zscale", "asinh")
+ASINH_A = 0.1            # AsinhStretch's `a`: where the stretch turns from linear to logarithmic
+MAX_SAMPLE = 2_000_000   # pixels used for robust statistics of a big field
+_EPS = 1e-6              # keeps a constant field finite; the seed's min-max used the same
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """A fitted normalisation: `apply` maps raw pixels of its field to [0, 1]."""
+    method: str
+    lo: float
+    hi: float
+
+    def apply(self, x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Normalised float32 copy of `x`; pixels where `valid` is false (or non-finite) are 0."""
+        y = (np.asarray(x, dtype=np.float32) - np.float32(self.lo)) / np.float32(self.hi - self.lo + _EPS)
+        if self.method != "minmax":
+            np.clip(y, 0.0, 1.0, out=y)
+        if self.method == "asinh":
+            from astropy.visualization import AsinhStretch
+            y = AsinhStretch(a=ASINH_A)(y, clip=True, out=y).astype(np.float32, copy=False)
+        bad = ~np.isfinite(y) if valid is None else ~(valid.astype(bool) & np.isfinite(y))
+        y[bad] = 0.0
+        return y
+
+    def as_dict(self) -> dict[str, float | str]:
+        """JSON-able form, stored in dataset files, checkpoints and FITS headers."""
+        return asdict(self)
+
+
+def check_method(method: str, where: str) -> str:
+    """Return `method` if known, else raise naming `where` it came from."""
+    if method not in METHODS:
+        raise DataError(f"{where}: normalisation '{method}' is not one of {', '.join(METHODS)}")
+    return method
+
+
+def fit(method: str, lo: float, hi: float, sample: np.ndarray) -> Normalization:
+    """Fit `method` from a field's exact valid min/max and a sample of its valid pixels."""
+    check_method(method, "normalize")
+    if method == "minmax":
+        return Normalization(method, float(lo), float(hi))
+    if method == "zscale":
+        from astropy.visualization import ZScaleInterval
+        zlo, zhi = ZScaleInterval().get_limits(sample)
+        return Normalization(method, float(zlo), float(zhi))
+    from astropy.stats import sigma_clipped_stats
+    _, median, std = sigma_clipped_stats(sample, sigma=3.0, maxiters=5)
+    top = float(np.percentile(sample, 99.9))
+    return Normalization(method, float(median - 3 * std), max(top, float(median + 3 * std)))
+
+
+def fit_field(method: str, read_rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+              height: int, width: int, where: str, block: int = 256) -> Normalization:
+    """Fit a normalisation by streaming a field's rows: exact min/max, a row-strided sample.
+
+    `read_rows(y0, y1)` returns float32 pixels and a valid mask for rows [y0, y1), so a big
+    FITS image is scanned without holding it in memory.
+    """
+    step = max(1, int(np.ceil(height * width / MAX_SAMPLE)))
+    lo, hi, parts = np.inf, -np.inf, []
+    for y0 in range(0, height, block):
+        rows, valid = read_rows(y0, min(height, y0 + block))
+        good = rows[valid]
+        if good.size:
+            lo, hi = min(lo, float(good.min())), max(hi, float(good.max()))
+        keep = (np.arange(y0, y0 + len(rows)) % step) == 0
+        parts.append(rows[keep][valid[keep]])
+    if not np.isfinite(lo):
+        raise DataError(f"{where}: no valid pixels (all NaN, infinite or flagged bad)")
+    return fit(method, lo, hi, np.concatenate(parts))
+
+
+def normalize_array(image: np.ndarray, valid: np.ndarray, method: str, where: str
+                    ) -> tuple[np.ndarray, Normalization]:
+    """Fit on an in-memory field and apply: the normalised image and the fitted parameters."""
+    norm = fit_field(method, lambda a, b: (image[a:b], valid[a:b]), *image.shape, where)
+    return norm.apply(image, valid), norm

@@ -1,0 +1,196 @@
+"""Segment a FITS image of any size: sliding windows, blended, streamed to a FITS file.
+
+The input is read in row strips through astropy's section access (memory-mapped where the file
+allows), normalised with the method the model was trained with (from the checkpoint), and cut
+into `window`-sized windows that overlap by `overlap` pixels. Each window's probabilities are
+weighted by a raised-cosine ramp (astroseg.tiling.window_weight) and accumulated in a strip
+buffer one window-row high; rows no later window touches are final and go to a disk-backed
+array. Memory is O(window x width), not O(image). The output FITS has:
+  HDU 0 (PRIMARY)  float32 probability of a source (1 - P(background) when multi-class); NaN
+                   where the input pixel was NaN/BLANK
+  HDU 1 MASK       uint8 mask (threshold on HDU 0; the argmax class when multi-class), 0 where
+                   the input was invalid
+  HDU 2.. PROB_<CLASS>  float32 per-class probabilities, multi-class models only
+Every HDU carries the input's WCS and header cards, plus provenance keywords (AS*).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from astropy.io import fits
+
+from astroseg import __version__
+from astroseg.atomic import atomic_output
+from astroseg.checkpoint import load_checkpoint
+from astroseg.device import resolve_device
+from astroseg.errors import ParamsError
+from astroseg.fits_io import open_image
+from astroseg.normalize import check_method, fit_field
+from astroseg.predict import file_sha256, predict
+from astroseg.tiling import starts, window_weight
+
+# Cards describing the input's storage (not its content) are not copied to the output.
+_STRUCTURAL = re.compile(r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|BSCALE|BZERO|"
+                         r"BLANK|CHECKSUM|DATASUM|EXTNAME|EXTVER|ZIMAGE|Z\w+)$")
+# WCS cards of a third (degenerate) axis of a single-plane cube.
+_AXIS3 = re.compile(r"^(CTYPE|CRVAL|CDELT|CRPIX|CUNIT|CROTA|CNAME|CRDER|CSYER)[3-9]$|"
+                    r"^(PC|CD)([3-9]_\d|\d_[3-9])$")
+_BLOCK_ROWS = 512
+
+
+@dataclass(frozen=True)
+class FitsPrediction:
+    """What `predict_fits` did: image size, windows run, normalisation used."""
+    height: int
+    width: int
+    windows: int
+    normalization: str
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def output_header(header: fits.Header | None, ndim: int) -> fits.Header:
+    """The input's cards minus storage keywords (and a cube's third WCS axis)."""
+    out = fits.Header()
+    for card in (header or fits.Header()).cards:
+        key = card.keyword
+        if _STRUCTURAL.match(key) or (ndim > 2 and _AXIS3.match(key)):
+            continue
+        if ndim > 2 and key == "WCSAXES":
+            out["WCSAXES"] = 2
+            continue
+        out.append(card)
+    return out
+
+
+def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
+                 model_path: str | os.PathLike = "models/model.pt", device: str = "auto",
+                 batch_size: int = 8, threshold: float = 0.5, window: int = 512,
+                 overlap: int = 64, hdu: int | str | None = None,
+                 precision: str = "fp32") -> FitsPrediction:
+    """Segment one FITS image into a probability + mask FITS file (see module docstring)."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    model, payload = load_checkpoint(model_path, resolve_device(device, "--device"))
+    meta = payload.get("meta", {})
+    method = check_method(meta.get("normalization", "minmax"), f"{model_path}: normalization")
+    class_names = list(meta.get("class_names", ["background", "source"]))
+    stride = getattr(model, "stride", 1)
+    window = _round_up(window, stride)
+    if overlap < 0 or overlap >= window:
+        raise ParamsError(f"--overlap = {overlap}: expected 0 <= overlap < window ({window})")
+    with open_image(input_path, hdu) as src, tempfile.TemporaryDirectory(
+            prefix=".astroseg-", dir=output_path.parent if output_path.parent.exists() else None) as tmp:
+        height, width = src.shape
+        norm = fit_field(method, src.rows, height, width, str(input_path))
+        win_h, win_w = min(window, _round_up(height, stride)), min(window, _round_up(width, stride))
+        ys, xs = starts(height, win_h, win_h - overlap), starts(width, win_w, win_w - overlap)
+        weight = window_weight(win_h, win_w, overlap)
+        k = 1 if payload["model_config"].get("num_classes", 1) == 1 else len(class_names)
+        probs = np.lib.format.open_memmap(Path(tmp) / "prob.npy", "w+", np.float32, (k, height, width))
+        # Strip buffers cover rows [top, top + win_h) of the image, padded right to whole windows.
+        padded_w = max(width, win_w)
+        num = np.zeros((k, win_h, padded_w), np.float32)
+        den = np.zeros((win_h, padded_w), np.float32)
+        valid_rows = np.zeros((win_h, padded_w), bool)
+        top = 0
+
+        def flush(until: int) -> None:
+            nonlocal top
+            n = until - top
+            if n <= 0:
+                return
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rows = num[:, :n, :width] / den[:n, :width]
+            rows[:, ~valid_rows[:n, :width]] = np.nan
+            probs[:, top:until] = rows
+            for buf in (num, den, valid_rows):   # slide the strip down by n rows
+                buf[..., :-n, :] = buf[..., n:, :].copy()
+                buf[..., -n:, :] = 0
+            top = until
+
+        for y0 in ys:
+            flush(y0)
+            rows, valid = src.rows(y0, min(height, y0 + win_h))
+            x = np.zeros((win_h, padded_w), np.float32)
+            x[:len(rows), :width] = norm.apply(rows, valid)
+            valid_rows[:len(rows), :width] = valid
+            tiles = np.stack([x[:, x0:x0 + win_w] for x0 in xs])
+            with _autocast(model, precision):
+                prob, _ = predict(model, tiles, batch_size, threshold)
+            prob = prob.reshape(len(xs), k, win_h, win_w)
+            for p, x0 in zip(prob, xs):
+                num[:, :, x0:x0 + win_w] += p * weight
+                den[:, x0:x0 + win_w] += weight
+        flush(height)
+        probs.flush()
+
+        header = output_header(src.header, src.header.get("NAXIS", 2))
+        header["ASMODEL"] = (Path(model_path).name, "astroseg model file")
+        header["ASMHASH"] = file_sha256(model_path)  # SHA-256 of the model file (no room for a comment)
+        header["ASTHRESH"] = (threshold, "probability threshold of MASK")
+        header["ASNORM"] = (norm.method, "input normalisation")
+        header["ASNLO"] = (norm.lo, "normalisation: raw value mapped to 0")
+        header["ASNHI"] = (norm.hi, "normalisation: raw value mapped to 1")
+        header["ASWINDOW"] = (window, "sliding window size (pixels)")
+        header["ASOVERLP"] = (overlap, "window overlap (pixels)")
+        header["ASVERSN"] = (__version__, "astroseg version")
+        header["ASINPUT"] = (input_path.name, "segmented image")
+        _write_output(output_path, probs, header, threshold, class_names)
+    return FitsPrediction(height, width, len(ys) * len(xs), norm.method)
+
+
+def _autocast(model: torch.nn.Module, precision: str):
+    device = next(model.parameters()).device
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _mask_block(prob: np.ndarray, threshold: float) -> np.ndarray:
+    if len(prob) == 1:
+        return (prob[0] >= threshold).astype(np.uint8)  # NaN compares false: invalid -> 0
+    labels = np.nan_to_num(prob, nan=-1.0).argmax(axis=0).astype(np.uint8)
+    labels[np.isnan(prob[0])] = 0
+    return labels
+
+
+def _write_output(path: Path, probs: np.ndarray, header: fits.Header, threshold: float,
+                  class_names: list[str]) -> None:
+    """Stream the HDUs block by block from the disk-backed probability array."""
+    k, height, width = probs.shape
+    planes = [("PRIMARY", np.float32, lambda b: b[0] if k == 1 else 1 - b[0]),
+              ("MASK", np.uint8, lambda b: _mask_block(b, threshold))]
+    if k > 1:
+        planes += [(f"PROB_{name.upper()[:60]}", np.float32, lambda b, i=i: b[i])
+                   for i, name in enumerate(class_names)]
+    with atomic_output(path) as tmp:
+        for name, dtype, plane in planes:
+            hdr = _plane_header(name, dtype, height, width, header)
+            stream = fits.StreamingHDU(str(tmp), hdr)
+            for y0 in range(0, height, _BLOCK_ROWS):
+                stream.write(np.ascontiguousarray(plane(probs[:, y0:y0 + _BLOCK_ROWS]), dtype=dtype))
+            stream.close()
+
+
+def _plane_header(name: str, dtype: type, height: int, width: int, cards: fits.Header) -> fits.Header:
+    primary = name == "PRIMARY"
+    hdr = fits.Header()
+    if primary:
+        hdr["SIMPLE"] = True
+    else:
+        hdr["XTENSION"] = "IMAGE"
+    hdr["BITPIX"] = -32 if dtype == np.float32 else 8
+    hdr["NAXIS"], hdr["NAXIS1"], hdr["NAXIS2"] = 2, width, height
+    if primary:
+        hdr["EXTEND"] = True
+    else:
+        hdr["PCOUNT"], hdr["GCOUNT"], hdr["EXTNAME"] = 0, 1, name
+    hdr.extend(cards)
+    return hdr
