@@ -15,11 +15,13 @@ access on a memory-mapped file, so a survey image need not fit in memory.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
 
 from astroseg.errors import DataError
 
@@ -144,10 +146,21 @@ def open_image(path: str | os.PathLike, hdu: int | str | None = None) -> ImageSo
 
 
 def _open_fits(path: Path, memmap: bool) -> fits.HDUList:
-    try:
-        return fits.open(path, memmap=memmap, lazy_load_hdus=False)
-    except (OSError, ValueError, TypeError) as exc:
-        raise DataError(f"{path}: not a readable FITS file ({exc})") from None
+    # astropy drops an HDU it cannot parse (a truncated file) with only a warning: make it an
+    # error, since reading on would silently use the wrong HDU or none.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", VerifyWarning)
+        try:
+            hdul = fits.open(path, memmap=memmap, lazy_load_hdus=False)
+        except (OSError, ValueError, TypeError) as exc:
+            raise DataError(f"{path}: not a readable FITS file ({exc})") from None
+    problems = [w for w in caught if issubclass(w.category, VerifyWarning)
+                and "Error validating header" in str(w.message)]
+    if problems:
+        hdul.close()
+        detail = " ".join(str(problems[0].message).split())[:160]
+        raise DataError(f"{path}: not a readable FITS file, truncated or corrupt? ({detail})")
+    return hdul
 
 
 def _open_png(path: Path) -> ImageSource:

@@ -4,9 +4,9 @@ import sys
 
 from astroseg.atomic import write_json
 from astroseg.checkpoint import load_checkpoint
-from astroseg.dataset import load_split
+from astroseg.dataset import load_split, read_attrs
 from astroseg.device import resolve_device
-from astroseg.errors import run_main
+from astroseg.errors import DataError, run_main
 from astroseg.evaluation import evaluate
 from astroseg.examples import Examples, save_examples
 from astroseg.params import load_params
@@ -23,6 +23,10 @@ def main() -> None:
     device = resolve_device(cfg.device, "evaluate.device")
     model, checkpoint = load_checkpoint(MODEL, device)
     test = load_split(DATA, "test")
+    trained_on = checkpoint["meta"].get("normalization", "minmax")
+    if read_attrs(DATA).get("normalization", "minmax") != trained_on:
+        raise DataError(f"{DATA} is normalised with '{read_attrs(DATA).get('normalization')}' "
+                        f"but {MODEL} was trained on '{trained_on}': rerun the train stage")
     result = evaluate(model, test, params.loss, device, cfg.batch_size, cfg.threshold,
                       keep=cfg.n_examples)
     metrics = {**result.summary(), "n_images": len(test), "threshold": cfg.threshold}

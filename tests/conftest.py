@@ -80,9 +80,11 @@ def pipeline_outputs(tmp_path_factory) -> Path:
 
 
 def copy_project(dest: Path) -> None:
-    """Copy what the DVC pipeline needs (code, dvc.yaml, .dvcignore) into `dest`."""
+    """Copy what the DVC pipeline needs (code, dvc.yaml, .dvcignore, raw/) into `dest`."""
     for name in ("astroseg", "stages"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "raw").mkdir()
+    shutil.copy(ROOT / "raw" / "README.md", dest / "raw" / "README.md")
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, dest / name)
 

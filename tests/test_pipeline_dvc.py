@@ -96,3 +96,21 @@ def test_dvc_yaml_deps_are_exactly_what_each_stage_imports():
         listed = {d for d in stage["deps"] if d.startswith("astroseg/")}
         assert listed == imported, f"{name}: dvc.yaml lists {sorted(listed ^ imported)} wrongly"
         assert script in stage["deps"]
+
+
+def test_fits_source_is_a_params_change_plus_dvc_add(repo):
+    """The README's own-data workflow: make-sky, dvc add, switch data.source, dvc repro."""
+    _set(repo, "train", "epochs", 1)
+    sh([str(Path(sys.executable).parent / "astroseg"), "make-sky", "raw", "--fields", "4",
+        "--size", "128"], repo)
+    sh([DVC, "add", "-q", "raw/images", "raw/masks"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"].update(source="fits", fits={"tile": 48, "stride": 40})
+    write_params(repo, params)
+    assert _ran(sh([DVC, "repro"], repo).stdout) == ["prepare", "train", "evaluate", "plots"]
+    assert json.loads((repo / "metrics/metrics.json").read_text())["n_images"] > 0
+    # A changed raw file is a changed dependency of prepare.
+    (repo / "raw/images/field_00.fits").unlink()
+    sh([str(Path(sys.executable).parent / "astroseg"), "make-sky", "raw", "--fields", "1",
+        "--size", "128", "--seed", "9"], repo)
+    assert "prepare:" in sh([DVC, "status"], repo).stdout

@@ -1,0 +1,129 @@
+"""Reading real-world FITS/PNG files, per-field normalisation and tiling helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from PIL import Image
+
+from astroseg.errors import DataError
+from astroseg.fits_io import open_image, read_image, read_mask, stem
+from astroseg.normalize import METHODS, fit_field, normalize_array
+from astroseg.tiling import cut_tiles, ramp, starts, window_weight
+
+
+def test_scaled_integers_with_blank_become_native_float_with_invalid_pixels(tmp_path):
+    raw = np.arange(20, dtype=np.int16).reshape(4, 5)
+    raw[1, 2] = -32768
+    hdu = fits.PrimaryHDU(raw)
+    hdu.header.update(BSCALE=0.5, BZERO=100.0, BLANK=-32768)
+    hdu.writeto(tmp_path / "a.fits")
+    data, valid, header = read_image(tmp_path / "a.fits")
+    assert data.dtype == np.float32 and data.dtype.byteorder in "=|"
+    assert not valid[1, 2] and valid.sum() == 19
+    assert data[0, 1] == 100.5 and header["BSCALE"] == 0.5
+
+
+def test_big_endian_float_nan_and_inf_are_invalid(tmp_path):
+    raw = np.linspace(0, 1, 12, dtype=">f4").reshape(3, 4)
+    raw[0, 0], raw[2, 3] = np.nan, np.inf
+    fits.PrimaryHDU(raw).writeto(tmp_path / "b.fits")
+    data, valid, _ = read_image(tmp_path / "b.fits")
+    assert data.dtype == np.dtype("float32") and data.dtype.isnative
+    assert valid.sum() == 10 and not valid[0, 0] and not valid[2, 3]
+
+
+def test_first_image_extension_is_found_and_named_hdu_is_used(tmp_path):
+    sci = fits.ImageHDU(np.ones((6, 7), np.float32), name="SCI")
+    dq = fits.ImageHDU(np.zeros((6, 7), np.int16), name="DQ")
+    fits.HDUList([fits.PrimaryHDU(), sci, dq]).writeto(tmp_path / "c.fits")
+    assert read_image(tmp_path / "c.fits")[0].shape == (6, 7)
+    assert (read_image(tmp_path / "c.fits", "DQ")[0] == 0).all()
+    assert read_image(tmp_path / "c.fits", 1)[0].sum() == 42
+
+
+def test_single_plane_cube_reads_as_2d_and_multi_plane_is_refused(tmp_path):
+    fits.PrimaryHDU(np.ones((1, 5, 6), np.float32)).writeto(tmp_path / "one.fits")
+    assert read_image(tmp_path / "one.fits")[0].shape == (5, 6)
+    fits.PrimaryHDU(np.ones((3, 5, 6), np.float32)).writeto(tmp_path / "three.fits")
+    with pytest.raises(DataError, match=r"three.fits.*cube of shape \(3, 5, 6\)"):
+        open_image(tmp_path / "three.fits")
+
+
+@pytest.mark.parametrize("case", ["table_only", "not_fits", "missing", "bad_hdu"])
+def test_unreadable_inputs_name_the_file(tmp_path, case):
+    path = tmp_path / f"{case}.fits"
+    if case == "table_only":
+        table = fits.BinTableHDU.from_columns([fits.Column("a", "E", array=np.ones(3))])
+        fits.HDUList([fits.PrimaryHDU(), table]).writeto(path)
+        match = "no image HDU"
+    elif case == "not_fits":
+        path.write_bytes(b"this is not a FITS file" * 200)
+        match = "not a readable FITS file"
+    elif case == "missing":
+        match = "not found"
+    else:
+        fits.PrimaryHDU(np.ones((4, 4), np.float32)).writeto(path)
+        match = "no HDU 'SCI'"
+    with pytest.raises(DataError, match=f"{case}.fits.*{match}"):
+        read_image(path, "SCI" if case == "bad_hdu" else None)
+
+
+def test_png_images_and_segmentation_map_masks(tmp_path):
+    Image.fromarray(np.arange(48, dtype=np.uint8).reshape(6, 8)).save(tmp_path / "f.png")
+    data, valid, header = read_image(tmp_path / "f.png")
+    assert data.shape == (6, 8) and data[5, 7] == 47 and valid.all() and header is None
+    labels = np.array([[0, 3, 0], [7, 0, np.nan]], np.float32)
+    fits.PrimaryHDU(labels).writeto(tmp_path / "seg.fits")
+    assert read_mask(tmp_path / "seg.fits").tolist() == [[False, True, False], [True, False, False]]
+    assert stem(tmp_path / "x.fits.gz") == "x" and stem("a/b.PNG") == "b"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_normalisation_maps_valid_pixels_into_unit_range(method):
+    rng = np.random.default_rng(0)
+    image = (1000 + 20 * rng.standard_normal((64, 64))).astype(np.float32)
+    image[20:30, 20:30] += 5000  # a bright source
+    valid = np.ones_like(image, bool)
+    valid[0, :5] = False
+    image[0, :5] = np.nan
+    out, norm = normalize_array(image, valid, method, "test")
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert out.min() >= 0 and out.max() <= 1 + 1e-6 and (out[0, :5] == 0).all()
+    assert out[25, 25] > out[50, 50]  # the source stays brighter than the sky
+    assert norm.method == method and norm.lo < norm.hi
+
+
+def test_minmax_is_the_synthetic_sources_formula_and_streaming_matches_in_memory():
+    rng = np.random.default_rng(1)
+    image = rng.random((300, 200)).astype(np.float32)
+    valid = np.ones_like(image, bool)
+    out, norm = normalize_array(image, valid, "minmax", "test")
+    expected = (image - image.min()) / (image.max() + np.float32(1e-6) - image.min())
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    streamed = fit_field("asinh", lambda a, b: (image[a:b], valid[a:b]), 300, 200, "t", block=7)
+    assert streamed == normalize_array(image, valid, "asinh", "t")[1]
+
+
+def test_all_invalid_field_is_an_error_naming_it():
+    with pytest.raises(DataError, match="field.fits: no valid pixels"):
+        normalize_array(np.full((8, 8), np.nan, np.float32), np.zeros((8, 8), bool), "zscale",
+                        "field.fits")
+
+
+def test_window_starts_cover_the_image_and_weights_are_positive():
+    assert starts(100, 40, 30) == [0, 30, 60]
+    assert starts(30, 40, 30) == [0]
+    for size, tile, stride in ((1000, 128, 96), (129, 128, 1), (256, 64, 64)):
+        covered = np.zeros(size, bool)
+        for s in starts(size, tile, stride):
+            covered[s:s + min(tile, size)] = True
+        assert covered.all()
+    w = ramp(64, 16)
+    assert w.min() > 0 and w[16:48].min() == 1 and np.allclose(w, w[::-1])
+    assert window_weight(32, 48, 8).shape == (32, 48)
+    (tiles,), pos = cut_tiles([np.arange(100 * 90).reshape(100, 90)], 40, 30)
+    assert tiles.shape == (len(pos), 40, 40)
+    y, x = pos[-1]
+    assert tiles[-1][0, 0] == y * 90 + x and (y, x) == (60, 50)
