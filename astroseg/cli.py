@@ -43,7 +43,7 @@ def _predict(args: argparse.Namespace) -> None:
         r = predict_fits(args.input, args.output, args.model, args.device, args.batch_size,
                          args.threshold, args.window, args.overlap, hdu, args.precision)
         print(f"{args.output}: probability and mask of {args.input} ({r.height}x{r.width}, "
-              f"{r.windows} windows, {r.normalization} normalisation)")
+              f"{r.windows} windows, {r.normalization} normalisation, {r.precision})")
         return
     from astroseg.predict import predict_h5
 
@@ -84,12 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     pred.add_argument("--batch-size", type=int, default=8)
     pred.add_argument("--threshold", type=float, default=0.5)
-    pred.add_argument("--window", type=int, default=512, help="FITS: window side (pixels)")
-    pred.add_argument("--overlap", type=int, default=64, help="FITS: window overlap (pixels)")
+    pred.add_argument("--window", type=int, default=256, help="FITS: window side (pixels)")
+    pred.add_argument("--overlap", type=int, default=32, help="FITS: window overlap (pixels)")
     pred.add_argument("--hdu", default=None, help="FITS: image HDU index or EXTNAME "
                       "(default: the first HDU with an image)")
-    pred.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                      help="FITS: bf16 autocast is faster on CPUs with bf16 support")
+    pred.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                      help="FITS: auto = bf16 autocast where the device supports it natively")
     pred.set_defaults(func=_predict)
     sky = sub.add_parser("make-sky", help="write example survey fields (FITS with WCS, BLANK "
                          "pixels, BSCALE) and their masks, for the FITS workflow")

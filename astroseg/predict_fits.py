@@ -29,7 +29,7 @@ from astropy.io import fits
 from astroseg import __version__
 from astroseg.atomic import atomic_output
 from astroseg.checkpoint import load_checkpoint
-from astroseg.device import resolve_device
+from astroseg.device import resolve_device, resolve_precision
 from astroseg.errors import ParamsError
 from astroseg.fits_io import open_image
 from astroseg.normalize import check_method, fit_field
@@ -52,6 +52,7 @@ class FitsPrediction:
     width: int
     windows: int
     normalization: str
+    precision: str
 
 
 def _round_up(n: int, m: int) -> int:
@@ -74,12 +75,14 @@ def output_header(header: fits.Header | None, ndim: int) -> fits.Header:
 
 def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
                  model_path: str | os.PathLike = "models/model.pt", device: str = "auto",
-                 batch_size: int = 8, threshold: float = 0.5, window: int = 512,
-                 overlap: int = 64, hdu: int | str | None = None,
-                 precision: str = "fp32") -> FitsPrediction:
+                 batch_size: int = 8, threshold: float = 0.5, window: int = 256,
+                 overlap: int = 32, hdu: int | str | None = None,
+                 precision: str = "auto") -> FitsPrediction:
     """Segment one FITS image into a probability + mask FITS file (see module docstring)."""
     input_path, output_path = Path(input_path), Path(output_path)
     model, payload = load_checkpoint(model_path, resolve_device(device, "--device"))
+    model = model.to(memory_format=torch.channels_last)  # ~10% faster convolutions on CPU
+    precision = resolve_precision(precision, next(model.parameters()).device)
     meta = payload.get("meta", {})
     method = check_method(meta.get("normalization", "minmax"), f"{model_path}: normalization")
     class_names = list(meta.get("class_names", ["background", "source"]))
@@ -142,10 +145,11 @@ def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
         header["ASNHI"] = (norm.hi, "normalisation: raw value mapped to 1")
         header["ASWINDOW"] = (window, "sliding window size (pixels)")
         header["ASOVERLP"] = (overlap, "window overlap (pixels)")
+        header["ASPREC"] = (precision, "inference precision")
         header["ASVERSN"] = (__version__, "astroseg version")
         header["ASINPUT"] = (input_path.name, "segmented image")
         _write_output(output_path, probs, header, threshold, class_names)
-    return FitsPrediction(height, width, len(ys) * len(xs), norm.method)
+    return FitsPrediction(height, width, len(ys) * len(xs), norm.method, precision)
 
 
 def _autocast(model: torch.nn.Module, precision: str):

@@ -28,6 +28,7 @@ SKY_LEVEL = 200.0      # counts
 GAIN = 1000.0          # counts per unit of the synthetic flux
 BSCALE, BZERO, BLANK = 0.25, 4000.0, -32768
 PIXEL_SCALE = 0.2 / 3600  # degrees
+BLOCK = 512
 
 
 def field_wcs(index: int, size: int, rng: np.random.Generator) -> WCS:
@@ -44,7 +45,7 @@ def field_wcs(index: int, size: int, rng: np.random.Generator) -> WCS:
 
 def _missing(size: int, rng: np.random.Generator) -> np.ndarray:
     """Pixels with no data: a chip gap (a full-height stripe) and a masked bright star."""
-    yy, xx = np.mgrid[0:size, 0:size]
+    yy, xx = np.ogrid[0:size, 0:size]
     gap_x = int(rng.integers(size // 4, 3 * size // 4))
     gap = (xx >= gap_x) & (xx < gap_x + max(2, size // 64))
     cy, cx = rng.uniform(0, size, 2)
@@ -53,16 +54,28 @@ def _missing(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def render_field(index: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw flux (counts, NaN where missing), 0/1 mask and the missing-pixel map of one field."""
-    per_area = size * size / (128 * 128)
+    """Raw flux (counts, NaN where missing), 0/1 mask and the missing-pixel map of one field.
+
+    The sky is rendered in blocks of at most BLOCK pixels (the renderer holds one array per
+    galaxy), with the synthetic source's galaxy density per 128x128 pixels.
+    """
+    side = min(size, BLOCK)
+    per_area = side * side / (128 * 128)
     g = GalaxyParams()
     galaxies = dataclasses.replace(g, count=(round(g.count[0] * per_area), round(g.count[1] * per_area)))
-    p = dataclasses.replace(DataParams(), seed=seed, height=size, width=size, galaxies=galaxies)
-    chunk = render(p, "train", range(index, index + 1), raw=True)
-    counts = SKY_LEVEL + GAIN * chunk.images[0]
+    p = dataclasses.replace(DataParams(), seed=seed, height=side, width=side, galaxies=galaxies)
+    n = -(-size // side)
+    flux = np.empty((n * side, n * side), np.float32)
+    masks = np.empty((n * side, n * side), np.uint8)
+    for b in range(n * n):
+        chunk = render(p, "train", range(index * 10_000 + b, index * 10_000 + b + 1), raw=True)
+        y, x = divmod(b, n)
+        flux[y * side:(y + 1) * side, x * side:(x + 1) * side] = chunk.images[0]
+        masks[y * side:(y + 1) * side, x * side:(x + 1) * side] = chunk.masks[0]
+    counts = SKY_LEVEL + GAIN * flux[:size, :size]
     missing = _missing(size, np.random.default_rng([seed, index, 1]))
     counts[missing] = np.nan
-    return counts, chunk.masks[0] * ~missing, missing
+    return counts, masks[:size, :size] * ~missing, missing
 
 
 def _hdus(data: np.ndarray, header: fits.Header, in_extension: bool) -> fits.HDUList:
