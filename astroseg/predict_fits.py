@@ -38,7 +38,7 @@ from astroseg.tiling import starts, window_weight
 
 # Cards describing the input's storage (not its content) are not copied to the output.
 _STRUCTURAL = re.compile(r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|BSCALE|BZERO|"
-                         r"BLANK|CHECKSUM|DATASUM|EXTNAME|EXTVER|ZIMAGE|Z\w+)$")
+                         r"BLANK|CHECKSUM|DATASUM|EXTNAME|EXTVER)$")
 # WCS cards of a third (degenerate) axis of a single-plane cube.
 _AXIS3 = re.compile(r"^(CTYPE|CRVAL|CDELT|CRPIX|CUNIT|CROTA|CNAME|CRDER|CSYER)[3-9]$|"
                     r"^(PC|CD)([3-9]_\d|\d_[3-9])$")
@@ -97,7 +97,7 @@ def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
         win_h, win_w = min(window, _round_up(height, stride)), min(window, _round_up(width, stride))
         ys, xs = starts(height, win_h, win_h - overlap), starts(width, win_w, win_w - overlap)
         weight = window_weight(win_h, win_w, overlap)
-        k = 1 if payload["model_config"].get("num_classes", 1) == 1 else len(class_names)
+        k = payload["model_config"].get("num_classes", 1)
         probs = np.lib.format.open_memmap(Path(tmp) / "prob.npy", "w+", np.float32, (k, height, width))
         # Strip buffers cover rows [top, top + win_h) of the image, padded right to whole windows.
         padded_w = max(width, win_w)

@@ -188,3 +188,28 @@ def test_windows_blend_without_seams_and_shifts_commute(pipeline_outputs, big_im
     core = (slice(56, -16), slice(40, -16))    # away from edges and the wrapped band
     assert np.mean(np.abs(back - tiled)[core]) < 0.01
     assert np.mean((back[core] >= 0.5) == (tiled[core] >= 0.5)) > 0.99
+
+
+def test_multi_class_model_writes_a_map_per_class(big_image, tmp_path):
+    import torch
+
+    from astroseg.checkpoint import save_checkpoint
+    from astroseg.models import build_model
+
+    config = {"name": "segformer", "num_classes": 3, "dims": [8, 16], "depths": [1, 1],
+              "heads": [1, 2], "sr_ratios": [2, 1], "decoder_dim": 16, "refine_dim": 4}
+    torch.manual_seed(0)
+    model_path = tmp_path / "mc.pt"
+    save_checkpoint(model_path, build_model(config), config,
+                    {"normalization": "zscale", "class_names": ["background", "disk", "bulge"]})
+    out = tmp_path / "mc.fits"
+    predict_fits(big_image, out, model_path, "cpu", window=96, overlap=16)
+    with fits.open(out) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "MASK", "PROB_BACKGROUND", "PROB_DISK",
+                                          "PROB_BULGE"]
+        per_class = np.stack([hdul[i].data for i in (2, 3, 4)])
+        good = ~np.isnan(hdul[0].data)
+        np.testing.assert_allclose(per_class.sum(axis=0)[good], 1, atol=1e-4)
+        np.testing.assert_allclose(hdul[0].data[good], 1 - per_class[0][good], atol=1e-6)
+        assert np.array_equal(hdul["MASK"].data[good], per_class.argmax(axis=0)[good])
+        assert hdul[0].header["ASNORM"] == "zscale"
