@@ -28,7 +28,7 @@ def _info(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     from astroseg.errors import ParamsError
-    from astroseg.fits_io import is_fits
+    from astroseg.fits_io import is_fits, parse_hdu
 
     if args.batch_size < 1:
         raise ParamsError(f"--batch-size = {args.batch_size}: expected >= 1")
@@ -39,9 +39,9 @@ def _predict(args: argparse.Namespace) -> None:
 
         if args.window < 1:
             raise ParamsError(f"--window = {args.window}: expected >= 1")
-        hdu = int(args.hdu) if args.hdu and args.hdu.isdigit() else args.hdu
         r = predict_fits(args.input, args.output, args.model, args.device, args.batch_size,
-                         args.threshold, args.window, args.overlap, hdu, args.precision)
+                         args.threshold, args.window, args.overlap, parse_hdu(args.hdu),
+                         args.precision)
         print(f"{args.output}: probability and mask of {args.input} ({r.height}x{r.width}, "
               f"{r.windows} windows, {r.normalization} normalisation, {r.precision})")
         return

@@ -34,6 +34,11 @@ def is_fits(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(FITS_SUFFIXES)
 
 
+def parse_hdu(value: str | None) -> int | str | None:
+    """An HDU as written in params or on the command line: "" / None = auto, digits = index."""
+    return None if not value else int(value) if value.isdigit() else value
+
+
 def stem(path: str | os.PathLike) -> str:
     """File name without its image suffix: how images, masks and bad-pixel maps are paired."""
     name = Path(path).name

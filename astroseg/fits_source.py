@@ -20,7 +20,7 @@ import numpy as np
 
 from astroseg.dataset import SPLITS, DatasetWriter
 from astroseg.errors import DataError
-from astroseg.fits_io import open_image, read_image, read_mask, stem
+from astroseg.fits_io import open_image, parse_hdu, read_image, read_mask, stem
 from astroseg.normalize import Normalization, normalize_array
 from astroseg.params import DataParams, FitsParams
 from astroseg.tiling import cut_tiles, pad_to
@@ -35,10 +35,6 @@ class Field:
     image: Path
     mask: Path
     bad: Path | None = None
-
-
-def _hdu(value: str) -> int | str | None:
-    return None if value == "" else int(value) if value.isdigit() else value
 
 
 def _glob(pattern: str, key: str, root: Path) -> dict[str, Path]:
@@ -93,17 +89,17 @@ def split_fields(fields: list[Field], val_fraction: float, test_fraction: float,
 def load_field(field: Field, p: FitsParams, method: str
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Normalization]:
     """A field's normalised image, uint8 mask and valid map, checking shapes and values."""
-    with open_image(field.image, _hdu(p.hdu)) as src:
+    with open_image(field.image, parse_hdu(p.hdu)) as src:
         raw, valid = src.read()
     if p.bad_pixel_hdu:
-        flags, flag_ok, _ = read_image(field.image, _hdu(p.bad_pixel_hdu))
+        flags, flag_ok, _ = read_image(field.image, parse_hdu(p.bad_pixel_hdu))
         _same_shape(field.image, raw, flags, f"HDU {p.bad_pixel_hdu}")
         valid &= flag_ok & (flags == 0)
     if field.bad is not None:
         flags, flag_ok, _ = read_image(field.bad)
         _same_shape(field.image, raw, flags, str(field.bad))
         valid &= flag_ok & (flags == 0)
-    mask = read_mask(field.mask, _hdu(p.mask_hdu))
+    mask = read_mask(field.mask, parse_hdu(p.mask_hdu))
     _same_shape(field.image, raw, mask, str(field.mask))
     image, norm = normalize_array(raw, valid, method, str(field.image))
     return image, (mask & valid).astype(np.uint8), valid, norm
