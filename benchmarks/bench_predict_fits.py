@@ -1,6 +1,7 @@
 """`astroseg predict` on a big FITS image: throughput and peak memory, against a naive baseline.
 
     .venv/bin/python benchmarks/bench_predict_fits.py [--size 4096] [--model models/model.pt]
+                                                      [--device cpu|cuda]
 
 Writes a SIZE x SIZE float32 example field (astroseg.sky) to a temp dir, then runs in turn, each
 in a fresh subprocess so peak RSS (ru_maxrss) is its own:
@@ -31,14 +32,14 @@ from astropy.io import fits
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def naive(image_path: str, model_path: str, out_path: str) -> None:
+def naive(image_path: str, model_path: str, out_path: str, device: str) -> None:
     """Whole image in memory, non-overlapping tiles, no blending."""
     from astroseg.checkpoint import load_checkpoint
     from astroseg.fits_io import read_image
     from astroseg.normalize import normalize_array
     from astroseg.predict import predict
 
-    model, payload = load_checkpoint(model_path)
+    model, payload = load_checkpoint(model_path, device)
     data, valid, header = read_image(image_path)
     x, _ = normalize_array(data, valid, payload["meta"]["normalization"], image_path)
     h, w = x.shape
@@ -50,14 +51,16 @@ def naive(image_path: str, model_path: str, out_path: str) -> None:
                  ).writeto(out_path, overwrite=True)
 
 
-def child(mode: str, image: str, model: str, out: str) -> None:
+def child(mode: str, image: str, model: str, out: str, device: str) -> None:
     """Run one mode and print its wall time and peak RSS as JSON."""
     t0 = time.perf_counter()
     if mode == "naive":
-        naive(image, model, out)
+        naive(image, model, out, device)
     else:
         from astroseg.predict_fits import predict_fits
-        predict_fits(image, out, model, "cpu", precision="bf16" if mode.endswith("bf16") else "fp32")
+        predict_fits(image, out, model, device, precision="bf16" if mode.endswith("bf16") else "fp32")
+    if device == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps({"seconds": seconds, "peak_gb": rss_gb}))
@@ -68,11 +71,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--model", default=str(ROOT / "models/model.pt"))
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(*args.child)
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+    gpu = f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads{gpu}, "
           f"torch {torch.__version__}; image {args.size}x{args.size} float32")
     with tempfile.TemporaryDirectory() as tmp:
         from astroseg.sky import render_field
@@ -85,7 +90,8 @@ def main() -> None:
         for _ in range(args.repeats):
             for mode in ("naive", "astroseg-fp32", "astroseg-bf16"):
                 out = subprocess.run([sys.executable, __file__, "--child", mode, str(image),
-                                      args.model, str(Path(tmp) / f"{mode}.fits")],
+                                      args.model, str(Path(tmp) / f"{mode}.fits"),
+                                      args.device],
                                      capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 results.setdefault(mode, []).append(r["seconds"])

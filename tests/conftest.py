@@ -14,15 +14,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Small enough for seconds on 2 CPU cores, large enough that every code path runs.
+# Small enough for seconds on 2 CPU cores, large enough that every code path runs. Pinned to
+# the CPU, where results are promised bit for bit; tests/test_gpu.py covers CUDA.
 TINY = {
     "data": {"height": 48, "width": 48, "n_train": 32, "n_val": 8, "n_test": 8, "chunk": 16,
              "galaxies": {"margin": 10.0}},
     "model": {"segformer": {"dims": [8, 16], "depths": [1, 1], "heads": [1, 2],
                             "sr_ratios": [2, 1], "decoder_dim": 16, "refine_dim": 4},
               "tiny_segformer": {"embed_dim": 16, "depth": 1, "num_heads": 2}},
-    "train": {"epochs": 2, "batch_size": 8, "progress": False},
-    "evaluate": {"n_examples": 4},
+    "train": {"epochs": 2, "batch_size": 8, "progress": False, "device": "cpu"},
+    "evaluate": {"n_examples": 4, "device": "cpu"},
     "plots": {"n_samples": 3, "n_predictions": 2, "dpi": 40},
 }
 

@@ -42,7 +42,7 @@ def test_cli_predict_round_trip(pipeline_outputs, tmp_path, capsys):
         f["images"] = test.images
     model = pipeline_outputs / "models/model.pt"
     assert cli_main(["predict", str(src), "-o", str(out), "--model", str(model),
-                     "--batch-size", "3"]) == 0
+                     "--batch-size", "3", "--device", "cpu"]) == 0
     prob, mask = predict(load_model(model, "cpu"), test.images)
     with h5py.File(out, "r") as f:
         np.testing.assert_allclose(f["probabilities"][:], prob, rtol=1e-5, atol=1e-6)
