@@ -41,14 +41,14 @@ def _predict(args: argparse.Namespace) -> None:
             raise ParamsError(f"--window = {args.window}: expected >= 1")
         r = predict_fits(args.input, args.output, args.model, args.device, args.batch_size,
                          args.threshold, args.window, args.overlap, parse_hdu(args.hdu),
-                         args.precision)
+                         args.precision, args.tta)
         print(f"{args.output}: probability and mask of {args.input} ({r.height}x{r.width}, "
               f"{r.windows} windows, {r.normalization} normalisation, {r.precision})")
         return
     from astroseg.predict import predict_h5
 
     n = predict_h5(args.input, args.output, args.model, args.device, args.batch_size,
-                   args.threshold)
+                   args.threshold, args.tta)
     print(f"{args.output}: probabilities and masks for {n} images")
 
 
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: the first HDU with an image)")
     pred.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                       help="FITS: auto = bf16 autocast where the device supports it natively")
+    pred.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations of "
+                      "every input (test-time augmentation: better edges, 8x the compute)")
     pred.set_defaults(func=_predict)
     sky = sub.add_parser("make-sky", help="write example survey fields (FITS with WCS, BLANK "
                          "pixels, BSCALE) and their masks, for the FITS workflow")

@@ -12,6 +12,7 @@ from astroseg.dataset import Split
 from astroseg.losses import probabilities, segmentation_loss
 from astroseg.metrics import SCORES, confusion_counts, predict_labels, scores_from_counts
 from astroseg.params import LossParams
+from astroseg.symmetry import averaged_logits
 
 
 @dataclass
@@ -42,15 +43,17 @@ def as_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, loss: LossParams, device: torch.device,
-             batch_size: int, threshold: float = 0.5, keep: int = 0) -> Evaluation:
-    """Run `model` over `split` in batches (fp32) and score every image."""
+             batch_size: int, threshold: float = 0.5, keep: int = 0,
+             tta: bool = False) -> Evaluation:
+    """Run `model` over `split` in batches (fp32) and score every image; `tta`: average the
+    logits over the 8 flips/rotations."""
     model.eval()
     images, masks = as_tensors(split)
     losses, counts, fg, labels = [], [], [], []
     for start in range(0, len(split), batch_size):
         x = images[start:start + batch_size].to(device)
         y = masks[start:start + batch_size].to(device)
-        logits = model(x).float()
+        logits = averaged_logits(model, x) if tta else model(x).float()
         prob = probabilities(logits)
         pred = predict_labels(prob, threshold)
         losses.append(segmentation_loss(logits, y, loss).cpu())

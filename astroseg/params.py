@@ -226,6 +226,7 @@ class EvaluateParams:
     threshold: float = _p(0.5, gt=0, lt=1)
     batch_size: int = _p(32, ge=1)
     n_examples: int = _p(8, ge=0)
+    tta: bool = _p(False)
     device: str = _p("auto", choices=("auto", "cpu", "cuda"))
 
 

@@ -25,6 +25,7 @@ from astroseg.device import resolve_device
 from astroseg.errors import DataError
 from astroseg.losses import probabilities
 from astroseg.metrics import predict_labels
+from astroseg.symmetry import averaged_logits
 
 
 def load_model(path: str | os.PathLike = "models/model.pt", device: str = "auto") -> nn.Module:
@@ -39,8 +40,10 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, batch_size: int = 16,
-            threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (float32) and masks (uint8) for (N, H, W) or (H, W) images, in batches."""
+            threshold: float = 0.5, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (float32) and masks (uint8) for (N, H, W) or (H, W) images, in batches.
+
+    `tta` averages the logits over the 8 flips/rotations of each image (8x the compute)."""
     images = np.asarray(images, dtype=np.float32)
     single = images.ndim == 2
     if single:
@@ -58,7 +61,7 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 16,
     probs, masks = [], []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(images[start:start + batch_size]).unsqueeze(1).to(device)
-        prob = probabilities(model(x).float())
+        prob = probabilities(averaged_logits(model, x) if tta else model(x).float())
         masks.append(predict_labels(prob, threshold).cpu().numpy())
         probs.append((prob[:, 0] if prob.shape[1] == 1 else prob).cpu().numpy())
     prob, mask = np.concatenate(probs), np.concatenate(masks)
@@ -76,7 +79,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def predict_h5(input_path: str | os.PathLike, output_path: str | os.PathLike,
                model_path: str | os.PathLike = "models/model.pt", device: str = "auto",
-               batch_size: int = 16, threshold: float = 0.5) -> int:
+               batch_size: int = 16, threshold: float = 0.5, tta: bool = False) -> int:
     """Segment the `images` dataset of an HDF5 file into `probabilities` and `masks` datasets.
 
     Reads and writes one batch at a time, so memory stays bounded whatever N is. Returns N.
@@ -99,7 +102,8 @@ def predict_h5(input_path: str | os.PathLike, output_path: str | os.PathLike,
         prob_out = mask_out = None
         for start in range(0, n, batch_size):
             try:
-                prob, mask = predict(model, images[start:start + batch_size], batch_size, threshold)
+                prob, mask = predict(model, images[start:start + batch_size], batch_size,
+                                     threshold, tta)
             except DataError as exc:
                 raise DataError(f"{input_path}: images[{start}:{start + batch_size}]: {exc}") from None
             if prob_out is None:
@@ -110,5 +114,5 @@ def predict_h5(input_path: str | os.PathLike, output_path: str | os.PathLike,
             prob_out[start:start + len(prob)] = prob
             mask_out[start:start + len(mask)] = mask
         out.attrs.update({"model": str(model_path), "model_sha256": file_sha256(model_path),
-                          "threshold": threshold})
+                          "threshold": threshold, "tta": tta})
     return n

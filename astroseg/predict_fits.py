@@ -77,7 +77,7 @@ def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
                  model_path: str | os.PathLike = "models/model.pt", device: str = "auto",
                  batch_size: int = 8, threshold: float = 0.5, window: int = 256,
                  overlap: int = 32, hdu: int | str | None = None,
-                 precision: str = "auto") -> FitsPrediction:
+                 precision: str = "auto", tta: bool = False) -> FitsPrediction:
     """Segment one FITS image into a probability + mask FITS file (see module docstring)."""
     input_path, output_path = Path(input_path), Path(output_path)
     model, payload = load_checkpoint(model_path, resolve_device(device, "--device"))
@@ -128,7 +128,7 @@ def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
             valid_rows[:len(rows), :width] = valid
             tiles = np.stack([x[:, x0:x0 + win_w] for x0 in xs])
             with _autocast(model, precision):
-                prob, _ = predict(model, tiles, batch_size, threshold)
+                prob, _ = predict(model, tiles, batch_size, threshold, tta)
             prob = prob.reshape(len(xs), k, win_h, win_w)
             for p, x0 in zip(prob, xs):
                 num[:, :, x0:x0 + win_w] += p * weight
@@ -146,6 +146,7 @@ def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
         header["ASWINDOW"] = (window, "sliding window size (pixels)")
         header["ASOVERLP"] = (overlap, "window overlap (pixels)")
         header["ASPREC"] = (precision, "inference precision")
+        header["ASTTA"] = (tta, "logits averaged over the 8 flips/rotations")
         header["ASVERSN"] = (__version__, "astroseg version")
         header["ASINPUT"] = (input_path.name, "segmented image")
         _write_output(output_path, probs, header, threshold, class_names)

@@ -17,6 +17,7 @@ from astroseg.evaluation import as_tensors, evaluate
 from astroseg.history import EpochRecord
 from astroseg.losses import segmentation_loss
 from astroseg.params import LossParams, TrainParams
+from astroseg.symmetry import augment
 
 
 @dataclass
@@ -35,28 +36,6 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
         return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def augment_d4(x: torch.Tensor, y: torch.Tensor,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply one of the 8 flips/90-degree rotations per sample, the same to image and mask.
-
-    These move pixels without resampling, so fluxes and noise statistics are preserved exactly
-    (an astronomical image has no preferred orientation).
-    """
-    ops = torch.randint(0, 8, (len(x),), generator=generator)
-    if x.shape[-1] != x.shape[-2]:
-        ops &= 6  # a 90-degree turn would change a non-square shape: keep 0/180 and flips
-    x, y = x.clone(), y.clone()
-    for op in range(1, 8):
-        idx = (ops == op).nonzero().flatten()
-        if len(idx):
-            xs, ys = x[idx], y[idx]
-            if op & 4:
-                xs, ys = xs.flip(-1), ys.flip(-1)
-            x[idx] = torch.rot90(xs, op & 3, dims=(-2, -1))
-            y[idx] = torch.rot90(ys, op & 3, dims=(-2, -1))
-    return x, y
 
 
 def _autocast(device: torch.device, precision: str):
@@ -99,7 +78,7 @@ def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, lo
             idx = order[start:start + cfg.batch_size]
             x, y = images[idx], masks[idx]
             if cfg.augment:
-                x, y = augment_d4(x, y, rng)
+                x, y = augment(x, y, rng)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total_steps, warmup, cfg.schedule,

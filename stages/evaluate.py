@@ -28,8 +28,9 @@ def main() -> None:
         raise DataError(f"{DATA} is normalised with '{read_attrs(DATA).get('normalization')}' "
                         f"but {MODEL} was trained on '{trained_on}': rerun the train stage")
     result = evaluate(model, test, params.loss, device, cfg.batch_size, cfg.threshold,
-                      keep=cfg.n_examples)
-    metrics = {**result.summary(), "n_images": len(test), "threshold": cfg.threshold}
+                      keep=cfg.n_examples, tta=cfg.tta)
+    metrics = {**result.summary(), "n_images": len(test), "threshold": cfg.threshold,
+               "tta": cfg.tta}
     class_names = checkpoint["meta"].get("class_names", ["background", "source"])
     if len(class_names) > 2:
         metrics["per_class"] = result.per_class(class_names)

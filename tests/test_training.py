@@ -11,7 +11,7 @@ from astroseg.dataset import Split
 from astroseg.models import build_model
 from astroseg.params import DataParams, LossParams, TrainParams
 from astroseg.synthetic import render
-from astroseg.training import augment_d4, lr_factor, train_model
+from astroseg.training import lr_factor, train_model
 
 DATA = DataParams(height=32, width=32,
                   galaxies=dataclasses.replace(DataParams().galaxies, margin=8.0, a=(3.0, 6.0),
@@ -79,15 +79,3 @@ def test_lr_schedule_warms_up_then_decays_by_cosine():
     assert f[99] == pytest.approx(0.01, abs=0.001)
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
     assert lr_factor(50, 100, 0, "constant", 0.01) == 1.0
-
-
-def test_augmentation_moves_pixels_together_and_keeps_their_values():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(64, 1, 8, 8, generator=gen)
-    y = (x > 0.5).to(torch.uint8)
-    ax, ay = augment_d4(x, y, gen)
-    assert torch.equal(ay, (ax > 0.5).to(torch.uint8))          # same transform on both
-    assert torch.equal(ax.flatten(1).sort(1).values, x.flatten(1).sort(1).values)  # no resampling
-    assert not torch.equal(ax, x)
-    rect = torch.rand(8, 1, 4, 6, generator=gen)                # non-square: shape kept
-    assert augment_d4(rect, rect, gen)[0].shape == rect.shape

@@ -10,9 +10,12 @@ are multiples of the total stride (32 with four stages and first_stride 4) works
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from astroseg.models.layers import init_weights
 
@@ -67,7 +70,10 @@ class EfficientAttention(nn.Module):
             x = self.sr_norm(x)
         k, v = self.kv(x).view(B, -1, 2, self.num_heads, d).permute(2, 0, 3, 1, 4)
         drop = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        # Keys/values are few here (tens of tokens): CPU's flash kernel is ~3x slower than the
+        # plain one for such shapes, mostly in the backward pass.
+        with sdpa_kernel(SDPBackend.MATH) if q.device.type == "cpu" else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
@@ -132,21 +138,24 @@ class SegFormer(nn.Module):
                 for j in range(depth)))
             self.norms.append(nn.LayerNorm(dim))
             in_dim = dim
+        # The all-MLP decoder projects each stage to decoder_dim, upsamples, concatenates and fuses
+        # with a 1x1 conv. Projection and fusion are both linear, so each stage's share of the
+        # fusion is folded into its projection: the same function, without the 4x-wide concat.
         self.project = nn.ModuleList(nn.Conv2d(dim, decoder_dim, 1) for dim in dims)
-        self.fuse = nn.Sequential(
-            nn.Conv2d(decoder_dim * len(dims), decoder_dim, 1, bias=False),
-            nn.BatchNorm2d(decoder_dim), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+        self.fuse = nn.Sequential(nn.BatchNorm2d(decoder_dim), nn.ReLU(inplace=True),
+                                  nn.Dropout2d(dropout))
+        self.head = nn.Conv2d(decoder_dim, num_classes, 1)
         if refine_dim:
-            # Full-resolution refinement: decoder features upsampled next to a few conv features
-            # of the image itself, so edges are placed at pixel precision, not 1/4 resolution.
-            self.head = nn.Conv2d(decoder_dim, refine_dim, 1)
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, refine_dim, 3, padding=1), nn.GELU())
+            # Pixel-precise edges: the image's first_stride^2 pixel blocks, as channels beside the
+            # fused features, predict a sub-pixel correction of the upsampled logits. All of it
+            # runs at the decoder's resolution, not at full resolution.
+            s = first_stride
+            self.unshuffle, self.shuffle = nn.PixelUnshuffle(s), nn.PixelShuffle(s)
             self.refine = nn.Sequential(
-                nn.Conv2d(2 * refine_dim, refine_dim, 3, padding=1), nn.GELU(),
-                nn.Conv2d(refine_dim, num_classes, 1))
+                nn.Conv2d(decoder_dim + in_channels * s * s, refine_dim, 3, padding=1), nn.GELU(),
+                nn.Conv2d(refine_dim, num_classes * s * s, 1))
         else:
-            self.head = nn.Conv2d(decoder_dim, num_classes, 1)
-            self.stem = self.refine = None
+            self.refine = None
         self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,10 +172,10 @@ class SegFormer(nn.Module):
             x = norm(tokens).transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
             features.append(x)
         size = features[0].shape[-2:]
-        fused = [F.interpolate(p(f), size=size, mode="bilinear", align_corners=False)
-                 if f.shape[-2:] != size else p(f) for p, f in zip(self.project, features)]
-        out = self.head(self.fuse(torch.cat(fused[::-1], dim=1)))
-        out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
+        fused = sum(F.interpolate(p(f), size=size, mode="bilinear", align_corners=False)
+                    if f.shape[-2:] != size else p(f) for p, f in zip(self.project, features))
+        fused = self.fuse(fused)
+        out = F.interpolate(self.head(fused), size=(H, W), mode="bilinear", align_corners=False)
         if self.refine is None:
             return out
-        return self.refine(torch.cat([out, self.stem(image)], dim=1))
+        return out + self.shuffle(self.refine(torch.cat([fused, self.unshuffle(image)], dim=1)))
