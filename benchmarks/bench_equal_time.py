@@ -1,12 +1,13 @@
 """Test IoU of the seed's model and the default segformer after the same training wall time.
 
-    .venv/bin/python benchmarks/bench_equal_time.py [--budget 180]
+    .venv/bin/python benchmarks/bench_equal_time.py [--budget 180] [--n-train 800]
 
-Both models train on the same synthetic data (params.yaml's data section) with their own
+Both models train on the same synthetic data (params.yaml's data section, with the seed's 800
+training images unless --n-train says otherwise: one seed epoch must fit the budget) with their own
 recipes: the seed preset (tiny_segformer, constant LR 3e-4, fp32, no augmentation) and the
 default params.yaml recipe. Each first times one calibration epoch, then trains from scratch for
 as many whole epochs as fit in `--budget` seconds (its LR schedule fitted to that many epochs),
-keeps its best-validation epoch, and is scored on the test split.
+keeps its best-validation epoch, and is scored on the test split (no test-time averaging).
 """
 
 from __future__ import annotations
@@ -63,12 +64,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=float, default=180.0, help="training seconds per model")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--n-train", type=int, default=800, help="training images (seed: 800)")
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}; budget {args.budget:.0f} s of training per model")
     params = load_params(args.params)
     d = params.data
-    data = (_split(d, "train", d.n_train), _split(d, "val", d.n_val), _split(d, "test", d.n_test))
+    data = (_split(d, "train", args.n_train), _split(d, "val", d.n_val), _split(d, "test", d.n_test))
     seed_cfg = dataclasses.replace(params.train, **SEED_RECIPE)
     rows = {"tiny_segformer (seed recipe)": run("tiny_segformer", params, seed_cfg, data, args.budget),
             "segformer (default recipe)": run("segformer", params, params.train, data, args.budget)}

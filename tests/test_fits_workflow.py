@@ -187,7 +187,11 @@ def test_windows_blend_without_seams_and_shifts_commute(pipeline_outputs, big_im
     back = np.roll(out, (-40, -24), axis=(0, 1))
     core = (slice(56, -16), slice(40, -16))    # away from edges and the wrapped band
     assert np.mean(np.abs(back - tiled)[core]) < 0.01
-    assert np.mean((back[core] >= 0.5) == (tiled[core] >= 0.5)) > 0.99
+    # The tiny model is barely trained (a quarter of these pixels lie within 0.02 of 0.5), so
+    # masks are compared where the probability is not a coin flip.
+    sure = np.abs(tiled[core] - 0.5) > 0.05
+    assert sure.mean() > 0.5
+    assert np.mean((back[core] >= 0.5)[sure] == (tiled[core] >= 0.5)[sure]) > 0.99
 
 
 def test_multi_class_model_writes_a_map_per_class(big_image, tmp_path):
