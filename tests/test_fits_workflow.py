@@ -7,7 +7,6 @@ import re
 import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from astropy.io import fits
