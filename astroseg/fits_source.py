@@ -9,7 +9,6 @@ Invalid pixels are 0 in `images`, background in `masks` and 0 in the per-tile `v
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 from collections.abc import Iterator
@@ -156,7 +155,7 @@ def write_fits_dataset(path: str | os.PathLike, p: DataParams, root: str | os.Pa
     splits = split_fields(fields, p.fits.val_fraction, p.fits.test_fraction, p.seed)
     records, counts = [], dict.fromkeys(SPLITS, 0)
     attrs = {"source": "fits", "class_names": ["background", "source"],
-             "normalization": p.normalize, "params": dataclasses.asdict(p)}
+             "normalization": p.normalize, "params": p.record()}
     shape = (p.fits.tile, p.fits.tile)
     with DatasetWriter(path, attrs) as out:
         writers = {s: out.split(s, None, shape, META_DTYPES, valid=True) for s in SPLITS}

@@ -119,6 +119,19 @@ class DataParams:
     noise: NoiseParams = _sub(NoiseParams)
     fits: FitsParams = _sub(FitsParams)
 
+    def record(self) -> dict[str, Any]:
+        """The params that determine the dataset's bytes, for the source in use.
+
+        Stored in the dataset file: `chunk` (how many images are rendered at once) and the other
+        source's section do not change a pixel, so they must not change the file either.
+        """
+        if self.source == "fits":
+            keep = ("source", "normalize", "seed", "fits")
+        else:
+            keep = tuple(f.name for f in dataclasses.fields(self) if f.name not in ("chunk", "fits"))
+        full = dataclasses.asdict(self)
+        return {key: full[key] for key in keep}
+
     def check(self) -> None:
         margin = self.galaxies.margin
         for key, size in (("width", self.width), ("height", self.height)):

@@ -1,6 +1,5 @@
 """prepare: params `data.*` -> data/dataset.h5 (train/val/test splits, synthetic or from FITS)."""
 
-import dataclasses
 import sys
 import time
 
@@ -19,7 +18,7 @@ META_DTYPES = {"n_sources": np.uint8, "has_bar": np.bool_, "has_spiral": np.bool
 def prepare_synthetic(p: DataParams) -> dict[str, int]:
     """Render the synthetic splits chunk by chunk into OUT."""
     attrs = {"source": p.source, "class_names": ["background", "source"],
-             "normalization": p.normalize, "params": dataclasses.asdict(p)}
+             "normalization": p.normalize, "params": p.record()}
     sizes = dict(zip(SPLITS, (p.n_train, p.n_val, p.n_test)))
     with DatasetWriter(OUT, attrs) as out:
         for split, n in sizes.items():
