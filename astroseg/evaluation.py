@@ -10,7 +10,8 @@ from torch import nn
 
 from astroseg.dataset import Split
 from astroseg.losses import probabilities, segmentation_loss
-from astroseg.metrics import SCORES, confusion_counts, predict_labels, scores_from_counts
+from astroseg.metrics import (SCORES, confusion_counts, pooled_scores, predict_labels,
+                              scores_from_counts)
 from astroseg.params import LossParams
 from astroseg.symmetry import averaged_logits
 
@@ -20,6 +21,7 @@ class Evaluation:
     """Per-image results on one split; the maps hold the first `keep` images' predictions."""
     loss: np.ndarray                 # (N,) float64
     scores: dict[str, np.ndarray]    # name -> (N, foreground classes) float64
+    counts: np.ndarray               # (N, foreground classes, 3) int64 TP, FP, FN
     foreground: np.ndarray           # (keep, H, W) float32 probability of not being background
     labels: np.ndarray               # (keep, H, W) uint8 predicted class
 
@@ -29,6 +31,11 @@ class Evaluation:
         out = {"loss": float(self.loss[sel].mean())}
         out.update({name: float(self.scores[name][sel].mean()) for name in SCORES})
         return out
+
+    def pooled(self, where: np.ndarray | None = None) -> dict[str, float]:
+        """Scores of the pixel counts pooled over images (or the subset `where`)."""
+        sel = slice(None) if where is None else where
+        return pooled_scores(torch.from_numpy(self.counts[sel]))
 
     def per_class(self, class_names: list[str]) -> dict[str, dict[str, float]]:
         """Scores of each foreground class, averaged over images."""
@@ -62,11 +69,13 @@ def evaluate(model: nn.Module, split: Split, loss: LossParams, device: torch.dev
             n = keep - start
             fg.append((1 - prob[:n, 0] if prob.shape[1] > 1 else prob[:n, 0]).cpu())
             labels.append(pred[:n].cpu())
-    scores = scores_from_counts(torch.cat(counts))
+    counts = torch.cat(counts)
+    scores = scores_from_counts(counts)
     empty = np.zeros((0, *split.images.shape[1:]))
     return Evaluation(
         loss=torch.cat(losses).double().numpy(),
         scores={k: v.numpy() for k, v in scores.items()},
+        counts=counts.numpy(),
         foreground=torch.cat(fg).numpy() if fg else empty.astype(np.float32),
         labels=torch.cat(labels).numpy() if labels else empty.astype(np.uint8),
     )

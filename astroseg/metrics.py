@@ -1,8 +1,10 @@
 """Per-image, per-class segmentation scores from confusion counts.
 
 Scores are computed for the foreground classes (1..K-1; class 1 alone for a binary mask). A
-ratio whose numerator and denominator are both 0 (say IoU of an empty prediction on an empty
-truth) counts as 1: there was nothing to find and nothing was wrongly found.
+ratio with a zero denominator counts as 1 only where truth and prediction are both empty (there
+was nothing to find and nothing was wrongly found), and as 0 otherwise: an empty prediction on
+an image with sources scores precision 0 (not a free 1), and a prediction on an empty image
+scores recall 0. `pooled_scores` sums the counts over images first (pixel-pooled, "micro").
 """
 
 from __future__ import annotations
@@ -29,16 +31,24 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_labels: int =
     return torch.stack(counts, 1)
 
 
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return torch.where(den > 0, num / den.clamp(min=1), torch.ones_like(num, dtype=torch.float64))
+def _ratio(num: torch.Tensor, den: torch.Tensor, both_empty: torch.Tensor) -> torch.Tensor:
+    undefined = both_empty.to(torch.float64)   # 0/0: 1 if nothing was there and nothing found
+    return torch.where(den > 0, num / den.clamp(min=1), undefined)
 
 
 def scores_from_counts(counts: torch.Tensor) -> dict[str, torch.Tensor]:
     """(..., 3) TP/FP/FN counts -> IoU, Dice, precision and recall of the same leading shape."""
     tp, fp, fn = counts.double().unbind(-1)
+    empty = (tp + fp + fn) == 0
     return {
-        "iou": _ratio(tp, tp + fp + fn),
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
-        "precision": _ratio(tp, tp + fp),
-        "recall": _ratio(tp, tp + fn),
+        "iou": _ratio(tp, tp + fp + fn, empty),
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, empty),
+        "precision": _ratio(tp, tp + fp, empty),
+        "recall": _ratio(tp, tp + fn, empty),
     }
+
+
+def pooled_scores(counts: torch.Tensor) -> dict[str, float]:
+    """(N, classes, 3) per-image counts -> scores of the pixel-pooled counts, averaged over classes."""
+    pooled = scores_from_counts(counts.sum(0))
+    return {name: float(value.mean()) for name, value in pooled.items()}

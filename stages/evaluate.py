@@ -29,15 +29,16 @@ def main() -> None:
                         f"but {MODEL} was trained on '{trained_on}': rerun the train stage")
     result = evaluate(model, test, params.loss, device, cfg.batch_size, cfg.threshold,
                       keep=cfg.n_examples, tta=cfg.tta)
-    metrics = {**result.summary(), "n_images": len(test), "threshold": cfg.threshold,
-               "tta": cfg.tta}
+    metrics = {**result.summary(), "pooled": result.pooled(), "n_images": len(test),
+               "threshold": cfg.threshold, "tta": cfg.tta}
     class_names = checkpoint["meta"].get("class_names", ["background", "source"])
     if len(class_names) > 2:
         metrics["per_class"] = result.per_class(class_names)
     spiral = test.meta.get("has_spiral")
     if spiral is not None and spiral.any():
         # Unmasked spiral ridges are where thresholding and weak models fail: report them apart.
-        metrics["spiral"] = {**result.summary(spiral), "n_images": int(spiral.sum())}
+        metrics["spiral"] = {**result.summary(spiral), "pooled": result.pooled(spiral),
+                             "n_images": int(spiral.sum())}
     write_json(METRICS, metrics)
 
     n = len(result.labels)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from astroseg.losses import cross_entropy, probabilities, segmentation_loss, soft_dice_loss
-from astroseg.metrics import confusion_counts, predict_labels, scores_from_counts
+from astroseg.metrics import confusion_counts, pooled_scores, predict_labels, scores_from_counts
 from astroseg.params import LossParams
 
 
@@ -25,15 +25,33 @@ def test_counts_and_scores_on_a_known_pair():
     assert s["recall"].item() == pytest.approx(3 / 4)
 
 
-def test_scores_are_per_image_and_empty_on_empty_is_perfect():
+def test_scores_are_per_image_and_only_empty_on_empty_is_perfect():
     target = torch.zeros(3, 2, 2, dtype=torch.uint8)
     pred = torch.zeros_like(target)
-    target[1] = 1                          # image 1: all missed
-    pred[2, 0, 0] = 1                      # image 2: one false positive
+    target[1] = 1                          # image 1: sources, nothing predicted
+    pred[2, 0, 0] = 1                      # image 2: no source, one false positive
     s = scores_from_counts(confusion_counts(pred, target))
     assert s["iou"][:, 0].tolist() == [1.0, 0.0, 0.0]
-    assert s["precision"][:, 0].tolist() == [1.0, 1.0, 0.0]
-    assert s["recall"][:, 0].tolist() == [1.0, 0.0, 1.0]
+    # A model that misses an image entirely is not rewarded with precision 1.
+    assert s["precision"][:, 0].tolist() == [1.0, 0.0, 0.0]
+    assert s["recall"][:, 0].tolist() == [1.0, 0.0, 0.0]
+    assert s["dice"][:, 0].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_pooled_scores_sum_pixels_over_images():
+    target = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    pred = torch.zeros_like(target)
+    target[0, :2, :2] = 1                  # image 0: 4 true, 2 found, 1 false positive
+    pred[0, 0, :3] = 1
+    target[1, :, :] = 1                    # image 1: 16 true, 16 found
+    pred[1] = 1
+    counts = confusion_counts(pred, target)
+    pooled = pooled_scores(counts)
+    assert pooled["precision"] == pytest.approx(18 / 19)
+    assert pooled["recall"] == pytest.approx(18 / 20)
+    assert pooled["iou"] == pytest.approx(18 / 21)
+    per_image = scores_from_counts(counts)["recall"][:, 0]
+    assert per_image.mean().item() == pytest.approx((2 / 4 + 1) / 2)   # the per-image mean differs
 
 
 def test_multiclass_counts_per_foreground_class():
