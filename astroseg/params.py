@@ -1,7 +1,10 @@
 """Typed, validated `params.yaml`: one frozen dataclass per section, checked before any work.
 
-Each field's default is the seed notebook's value. Validation rejects unknown keys, wrong types
-and out-of-range values with a one-line message that names the file, the dotted key and the value.
+Each field's default is the value in the repo's `params.yaml` (a test checks that they agree),
+so a params file that leaves a key out gets the project's default, not the seed notebook's.
+Validation rejects unknown keys, wrong types and out-of-range values, and params that contradict
+each other (a tile size the model cannot take, a colormap matplotlib lacks), with a one-line
+message that names the file, the dotted key and the value, before any stage writes anything.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +113,7 @@ class DataParams:
     seed: int = _p(1234, ge=0)
     height: int = _p(128, ge=8)
     width: int = _p(128, ge=8)
-    n_train: int = _p(800, ge=1)
+    n_train: int = _p(1600, ge=1)
     n_val: int = _p(120, ge=1)
     n_test: int = _p(120, ge=1)
     chunk: int = _p(64, ge=1)
@@ -118,6 +122,10 @@ class DataParams:
     spiral: SpiralParams = _sub(SpiralParams)
     noise: NoiseParams = _sub(NoiseParams)
     fits: FitsParams = _sub(FitsParams)
+
+    def class_names(self) -> list[str]:
+        """The classes this source's masks hold: both sources give binary masks today."""
+        return ["background", "source"]
 
     def record(self) -> dict[str, Any]:
         """The params that determine the dataset's bytes, for the source in use.
@@ -171,10 +179,15 @@ class SegFormerParams:
     first_stride: int = _p(4, ge=1)
     mlp_ratio: float = _p(4.0, gt=0)
     decoder_dim: int = _p(128, ge=1)
-    refine_dim: int = _p(0, ge=0)
-    drop_path: float = _p(0.1, ge=0, lt=1)
+    refine_dim: int = _p(32, ge=0)
+    drop_path: float = _p(0.0, ge=0, lt=1)
     attn_dropout: float = _p(0.0, ge=0, lt=1)
-    dropout: float = _p(0.1, ge=0, lt=1)
+    dropout: float = _p(0.0, ge=0, lt=1)
+
+    @property
+    def stride(self) -> int:
+        """Total downsampling: image sides must be multiples of it."""
+        return self.first_stride * 2 ** (len(self.dims) - 1)
 
     def check(self) -> None:
         n = len(self.dims)
@@ -191,10 +204,15 @@ class SegFormerParams:
 @dataclass(frozen=True)
 class ModelParams:
     """The `model` section: `name` picks the architecture, its sub-section holds the knobs."""
-    name: str = _p("tiny_segformer", choices=("segformer", "tiny_segformer"))
+    name: str = _p("segformer", choices=("segformer", "tiny_segformer"))
     num_classes: int = _p(1, ge=1)
     segformer: SegFormerParams = _sub(SegFormerParams)
     tiny_segformer: TinySegFormerParams = _sub(TinySegFormerParams)
+
+    @property
+    def stride(self) -> int:
+        """Image sides must be multiples of this (the tiny_segformer takes any size)."""
+        return self.segformer.stride if self.name == "segformer" else 1
 
     def config(self) -> dict[str, Any]:
         """The chosen architecture's constructor arguments, plus its name (stored in checkpoints)."""
@@ -216,16 +234,16 @@ class LossParams:
 @dataclass(frozen=True)
 class TrainParams:
     """The `train` section: AdamW with warmup + cosine decay, validation after every epoch."""
-    epochs: int = _p(10, ge=1)
+    epochs: int = _p(11, ge=1)
     batch_size: int = _p(16, ge=1)
-    lr: float = _p(3e-4, gt=0)
-    weight_decay: float = _p(1e-4, ge=0)
-    schedule: str = _p("constant", choices=("constant", "cosine"))
-    warmup_epochs: float = _p(0.0, ge=0)
+    lr: float = _p(3e-3, gt=0)
+    weight_decay: float = _p(0.01, ge=0)
+    schedule: str = _p("cosine", choices=("constant", "cosine"))
+    warmup_epochs: float = _p(1.0, ge=0)
     min_lr_ratio: float = _p(0.01, ge=0, le=1)
-    augment: bool = _p(False)
+    augment: bool = _p(True)
     early_stopping: int = _p(0, ge=0)
-    precision: str = _p("fp32", choices=("fp32", "bf16"))
+    precision: str = _p("bf16", choices=("fp32", "bf16"))
     seed: int = _p(1234, ge=0)
     device: str = _p("auto", choices=("auto", "cpu", "cuda"))
     progress: bool = _p(True)
@@ -239,7 +257,7 @@ class EvaluateParams:
     threshold: float = _p(0.5, gt=0, lt=1)
     batch_size: int = _p(32, ge=1)
     n_examples: int = _p(8, ge=0)
-    tta: bool = _p(False)
+    tta: bool = _p(True)
     device: str = _p("auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -250,6 +268,13 @@ class PlotsParams:
     n_predictions: int = _p(4, ge=1)
     cmap: str = _p("magma")
     dpi: int = _p(100, ge=10, le=1200)
+
+    def check(self) -> None:
+        import matplotlib  # only here: every stage validates params, few draw
+
+        if self.cmap not in matplotlib.colormaps:
+            raise ParamsError(f"plots.cmap = {self.cmap!r}: not a matplotlib colormap "
+                              "(e.g. magma, viridis, gray)")
 
 
 @dataclass(frozen=True)
@@ -262,6 +287,30 @@ class Params:
     evaluate: EvaluateParams = _sub(EvaluateParams)
     plots: PlotsParams = _sub(PlotsParams)
 
+    def check(self) -> None:
+        """What the sections say about each other, checked before any stage writes anything."""
+        stride, name = self.model.stride, self.model.name
+        if self.data.source == "fits":
+            sides = (("data.fits.tile", self.data.fits.tile),)
+        else:
+            sides = (("data.height", self.data.height), ("data.width", self.data.width))
+        for key, size in sides:
+            if size % stride:
+                raise ParamsError(f"{key} = {size} is not a multiple of {stride}, the total stride "
+                                  f"of model.name = {name} (model.segformer.first_stride x "
+                                  f"2^(stages - 1)); use {max(stride, size // stride * stride)} "
+                                  f"or {(size // stride + 1) * stride}")
+        classes = self.data.class_names()
+        k = self.model.num_classes
+        if k not in (1, len(classes)):
+            raise ParamsError(f"model.num_classes = {k}: data.source = {self.data.source} gives "
+                              f"{len(classes)} classes {classes}; use 1 (binary, sigmoid) or "
+                              f"{len(classes)} (softmax)")
+        if self.plots.n_predictions > self.evaluate.n_examples:
+            raise ParamsError(f"plots.n_predictions = {self.plots.n_predictions} exceeds "
+                              f"evaluate.n_examples = {self.evaluate.n_examples}, the test "
+                              "predictions evaluate keeps for the plots")
+
 
 # ---------------------------------------------------------------- parsing
 
@@ -269,7 +318,13 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+# A number PyYAML (YAML 1.1) reads as a string: `1e-3` and `5E+2` lack the dot it requires.
+_NUMERIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _number(value: Any, kind: type, key: str) -> int | float:
+    if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
+        value = float(value)
     # bool is an int subclass in Python; `epochs: true` is a typo, not 1.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ParamsError(f"{key} = {_describe(value)}: expected {kind.__name__}")
@@ -325,7 +380,8 @@ def _parse_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
             raise ParamsError(f"{key} = {value!r}: expected one of {', '.join(meta['choices'])}")
         return value
     number = _number(value, hint, key)
-    _check_bounds(value, meta, key)  # the value as written, so the message quotes the user
+    # The value as written, so the message quotes the user (-5, not -5.0).
+    _check_bounds(number if isinstance(value, str) else value, meta, key)
     return number
 
 
@@ -350,6 +406,28 @@ def parse_section(cls: type, raw: Any, prefix: str) -> Any:
     if hasattr(obj, "check"):
         obj.check()
     return obj
+
+
+def to_dict(params: Any) -> dict[str, Any]:
+    """A params dataclass as plain YAML-able values (tuples become lists)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return list(value) if isinstance(value, tuple) else value
+    return plain(dataclasses.asdict(params))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for sections, flow style for lists: the layout of params.yaml."""
+
+
+_Dumper.add_representer(list, lambda dumper, value: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", value, flow_style=True))
+
+
+def dump_params(params: Params) -> str:
+    """The resolved params (defaults filled in) as YAML, in params.yaml's order."""
+    return yaml.dump(to_dict(params), Dumper=_Dumper, sort_keys=False)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

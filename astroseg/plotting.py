@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
 import numpy as np
 from matplotlib.colors import ListedColormap
 # Figure without pyplot: no global state and no GUI backend, so stages run headless anywhere.
 from matplotlib.figure import Figure
 
 from astroseg.atomic import atomic_output
-from astroseg.errors import ParamsError
 
 # Difference map classes: true negative, true positive, false positive, false negative.
 _DIFF_COLOURS = ListedColormap(["#000000", "#bbbbbb", "#e66100", "#5d3a9b"])
-
-
-def check_cmap(name: str, key: str = "plots.cmap") -> None:
-    """Fail early, naming `key`, if matplotlib has no colormap `name`."""
-    if name not in matplotlib.colormaps:
-        raise ParamsError(f"{key} = {name!r}: not a matplotlib colormap (e.g. magma, viridis, gray)")
 
 
 def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> None:

@@ -8,7 +8,7 @@ from astroseg.errors import ParamsError, run_main
 from astroseg.examples import load_examples
 from astroseg.history import read_history
 from astroseg.params import load_params
-from astroseg.plotting import check_cmap, plot_predictions, plot_samples, plot_training_curves
+from astroseg.plotting import plot_predictions, plot_samples, plot_training_curves
 
 DATA = "data/dataset.h5"
 HISTORY = "metrics/train_history.tsv"
@@ -18,7 +18,6 @@ OUT = Path("plots")
 
 def main() -> None:
     cfg = load_params().plots
-    check_cmap(cfg.cmap)
     history = read_history(HISTORY)
     samples = load_split(DATA, "train", limit=cfg.n_samples)
     examples = load_examples(PREDICTIONS)

@@ -7,18 +7,28 @@ import dataclasses
 import pytest
 import yaml
 
+from astroseg.cli import main as cli_main
 from astroseg.errors import ParamsError
-from astroseg.params import DataParams, Params, load_params, parse_section
+from astroseg.params import Params, dump_params, load_params, parse_section
 from conftest import ROOT, tiny_params, write_params
 
 
-def test_repo_params_load_and_data_defaults_are_the_notebooks():
-    params = load_params(ROOT / "params.yaml")
-    # The data section must reproduce the seed notebook's generator exactly; only the number of
-    # training images differs (images are keyed by (seed, split, index), so val/test are the same).
-    assert dataclasses.replace(params.data, n_train=800) == DataParams()
-    assert params.data.galaxies.count == (1, 3)
-    assert params.data.bar.probability == 0.4 and params.data.spiral.probability == 0.3
+def test_code_defaults_are_the_repo_params():
+    # One source of truth: a key left out of a params file gets params.yaml's value.
+    assert parse_section(Params, {}, "") == load_params(ROOT / "params.yaml")
+
+
+def test_data_defaults_are_the_notebooks_generator():
+    # The synthetic sky must be the seed notebook's; only the number of training images differs
+    # (images are keyed by (seed, split, index), so val/test are the notebook's too).
+    data = load_params(ROOT / "params.yaml").data
+    assert (data.n_train, data.n_val, data.n_test, data.height, data.width) == (1600, 120, 120,
+                                                                                128, 128)
+    g = data.galaxies
+    assert (g.count, g.margin, g.a, g.b, g.peak, g.mask_level) == ((1, 3), 20.0, (4.0, 12.0),
+                                                                   (3.0, 10.0), (0.7, 1.5), 0.1)
+    assert data.bar.probability == 0.4 and data.spiral.probability == 0.3
+    assert (data.noise.gaussian_sigma, data.noise.poisson_rate) == (0.02, 1.0)
 
 
 def test_every_field_is_listed_in_repo_params():
@@ -65,6 +75,15 @@ def test_every_field_is_listed_in_repo_params():
     ({"loss": {"dice_weight": 0, "bce_weight": 0}}, "loss.dice_weight and loss.bce_weight are both 0"),
     ({"evaluate": {"threshold": 1.0}}, "evaluate.threshold = 1.0 is out of range: expected < 1"),
     ({"plots": "big"}, "plots = 'big' (str): expected a mapping"),
+    ({"train": {"lr": "nan"}}, "train.lr = 'nan' (str): expected float"),
+    # Contradictions between sections, caught before any stage writes anything.
+    ({"data": {"height": 100}}, "data.height = 100 is not a multiple of 8, the total stride"),
+    ({"data": {"source": "fits", "fits": {"tile": 100, "stride": 96}}},
+     "data.fits.tile = 100 is not a multiple of 8"),
+    ({"plots": {"cmap": "notacmap"}}, "plots.cmap = 'notacmap': not a matplotlib colormap"),
+    ({"model": {"num_classes": 3}},
+     "model.num_classes = 3: data.source = synthetic gives 2 classes"),
+    ({"plots": {"n_predictions": 9}}, "plots.n_predictions = 9 exceeds evaluate.n_examples = 4"),
 ])
 def test_bad_values_name_the_file_key_and_value(tmp_path, override, message):
     path = write_params(tmp_path, tiny_params(**override))
@@ -85,8 +104,38 @@ def test_missing_and_malformed_files(tmp_path):
         load_params(bad)
 
 
-def test_missing_keys_take_defaults_and_ints_widen_to_float():
+def test_missing_keys_take_the_projects_defaults_and_ints_widen_to_float():
     params = parse_section(Params, {"train": {"lr": 1}}, "")
     assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
-    assert params.train.epochs == 10
-    assert params.model.config()["embed_dim"] == 128
+    assert params.train.epochs == 11
+    # A file holding only `train: {epochs: 2}` trains the project's default, not the seed's.
+    params = parse_section(Params, {"train": {"epochs": 2}}, "")
+    assert params.model.name == "segformer" and params.train.lr == 3e-3
+    assert params.model.config()["refine_dim"] == 32
+
+
+def test_numbers_that_yaml_1_1_reads_as_strings_are_accepted(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-2\n  epochs: 1e1\n"
+                    "data:\n  galaxies:\n    peak: [7e-1, '1.5']\n")
+    params = load_params(path)
+    assert yaml.safe_load(path.read_text())["train"]["lr"] == "1e-3"   # what PyYAML gives
+    assert params.train.lr == 1e-3 and params.train.weight_decay == 0.05
+    assert params.train.epochs == 10 and isinstance(params.train.epochs, int)
+    assert params.data.galaxies.peak == (0.7, 1.5)
+
+
+def test_dumped_params_read_back_to_the_same_params(tmp_path):
+    params = parse_section(Params, {"train": {"epochs": 2}, "model": {"name": "tiny_segformer"}}, "")
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_params(params))
+    assert load_params(path) == params
+
+
+def test_check_params_show_prints_the_resolved_params(tmp_path, capsys):
+    path = tmp_path / "params.yaml"
+    path.write_text("train: {epochs: 2}\n")
+    assert cli_main(["check-params", "--show", str(path)]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["train"]["epochs"] == 2 and shown["train"]["lr"] == 3e-3
+    assert shown["model"]["name"] == "segformer"

@@ -22,6 +22,8 @@ def test_pipeline_writes_every_output(pipeline_outputs):
     metrics = json.loads((pipeline_outputs / "metrics/metrics.json").read_text())
     for key in ("loss", "iou", "dice", "precision", "recall"):
         assert 0.0 <= metrics[key] <= (10.0 if key == "loss" else 1.0), key
+    for key in ("iou", "dice", "precision", "recall"):
+        assert 0.0 <= metrics["pooled"][key] <= 1.0, key
     assert metrics["n_images"] == 8
     history = read_history(pipeline_outputs / "metrics/train_history.tsv")
     assert history["epoch"].tolist() == [1.0, 2.0]
@@ -41,7 +43,12 @@ def _snapshot(directory, names):
     ("train", {"model": {"tiny_segformer": {"num_heads": 3}}}, "is not divisible by"),
     ("evaluate", {"evaluate": {"threshold": 2}}, "evaluate.threshold = 2"),
     ("plots", {"plots": {"cmap": "no-such-map"}}, "plots.cmap = 'no-such-map': not a matplotlib colormap"),
-    ("plots", {"plots": {"n_predictions": 99}}, "plots.n_predictions = 99 but"),
+    ("plots", {"plots": {"n_predictions": 99}}, "plots.n_predictions = 99 exceeds"),
+    # What a later stage would refuse stops the first stage, before it writes anything.
+    ("prepare", {"data": {"height": 100}}, "data.height = 100 is not a multiple of 8"),
+    ("prepare", {"plots": {"cmap": "notacmap"}}, "plots.cmap = 'notacmap'"),
+    ("prepare", {"model": {"num_classes": 3}}, "model.num_classes = 3: data.source"),
+    ("prepare", {"train": {"lr": "1e-3x"}}, "train.lr = '1e-3x' (str): expected float"),
 ])
 def test_bad_params_exit_nonzero_and_leave_outputs_untouched(pipeline_outputs, tmp_path, stage,
                                                              override, message):
@@ -87,4 +94,4 @@ def test_two_class_softmax_runs_end_to_end_and_wrong_k_is_refused(pipeline_outpu
     write_params(work, tiny_params(model={"num_classes": 3}))
     result = run_stage("train", work)
     assert result.returncode == 2
-    assert "model.num_classes = 3: data/dataset.h5 has 2 classes" in result.stderr
+    assert "model.num_classes = 3: data.source = synthetic gives 2 classes" in result.stderr
