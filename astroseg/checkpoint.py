@@ -45,4 +45,7 @@ def load_checkpoint(path: str | os.PathLike,
         raise DataError(f"{path}: checkpoint format {found!r}, expected {FORMAT_VERSION}")
     model = build_model(payload["model_config"])
     model.load_state_dict(payload["state_dict"])
+    # What the model was trained on (normalisation, classes) travels with it, so `predict` can
+    # prepare raw inputs the same way.
+    model.astroseg_meta = dict(payload.get("meta", {}))
     return model.to(device).eval(), payload
