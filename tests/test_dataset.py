@@ -10,7 +10,7 @@ import pytest
 
 from astroseg.dataset import SCHEMA_VERSION, Split, load_split, read_attrs, split_sizes, write_splits
 from astroseg.errors import DataError
-from conftest import run_stage
+from conftest import run_stage, tiny_params, write_params
 
 
 def _split(n=3, h=8, w=10, seed=0):
@@ -32,15 +32,20 @@ def test_round_trip_keeps_arrays_meta_and_attrs(tmp_path):
     assert split_sizes(path) == {"train": (3, 8, 10), "val": (2, 8, 10)}
 
 
-def test_prepare_stage_is_byte_identical_across_runs(workdir):
+def test_prepare_stage_is_byte_identical_across_runs_and_pixel_neutral_params(workdir):
+    # data.chunk (how many images are rendered at once) and the unused FITS section change no
+    # pixel, so they must not change the file either (or DVC would retrain everything).
     digests = []
-    for _ in range(2):
+    for override in ({}, {"data": {"chunk": 5, "fits": {"tile": 256, "images": "x/*.fits"}}}):
+        write_params(workdir, tiny_params(**override))
         result = run_stage("prepare", workdir)
         assert result.returncode == 0, result.stderr
         digests.append(hashlib.sha256((workdir / "data" / "dataset.h5").read_bytes()).hexdigest())
     assert digests[0] == digests[1]
     assert split_sizes(workdir / "data" / "dataset.h5") == {
         "train": (32, 48, 48), "val": (8, 48, 48), "test": (8, 48, 48)}
+    stored = read_attrs(workdir / "data" / "dataset.h5")["params"]
+    assert "chunk" not in stored and "fits" not in stored and stored["n_train"] == 32
 
 
 def test_truncated_file_is_named(tmp_path):
