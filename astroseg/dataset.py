@@ -52,14 +52,24 @@ class SplitWriter:
         """
         stop = start + len(images)
         arrays = {"images": images, "masks": masks, **({"valid": valid} if valid is not None else {})}
+        lengths = {key: len(values) for key, values in {**arrays, **meta}.items()}
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"{self.group.name}: rows to write differ in length ({lengths})")
         targets = [self.group[k] for k in arrays] + [self.group["meta"][k] for k in meta]
         for target in targets:
             if target.shape[0] < stop:
                 target.resize(stop, axis=0)
-        for key, values in arrays.items():
-            self.group[key][start:stop] = values
+        # Metadata first: its storage is allocated at the first write, before any image chunk,
+        # whatever the batch size.
         for key, values in meta.items():
             self.group["meta"][key][start:stop] = values
+        # Image by image, each with its mask: compressed chunks are placed in the file in the
+        # order they are written, so writing a whole batch of images, then its masks, would make
+        # the bytes depend on the batch size (data.chunk).
+        targets = [(self.group[key], values) for key, values in arrays.items()]
+        for i in range(len(images)):
+            for target, values in targets:
+                target[start + i] = values[i]
 
 
 class DatasetWriter:
@@ -73,7 +83,9 @@ class DatasetWriter:
 
     def __enter__(self) -> DatasetWriter:
         tmp = self._atomic.__enter__()
-        self._file = h5py.File(tmp, "w", track_order=True)
+        # No chunk cache: every chunk goes to the file when written, in write order. A cache
+        # flushes chunks in an order of its own, which made the bytes depend on data.chunk.
+        self._file = h5py.File(tmp, "w", track_order=True, rdcc_nbytes=0)
         self._file.attrs["schema_version"] = SCHEMA_VERSION
         for key, value in self.attrs.items():
             self.set_attr(key, value)
