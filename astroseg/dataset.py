@@ -55,8 +55,7 @@ class SplitWriter:
         lengths = {key: len(values) for key, values in {**arrays, **meta}.items()}
         if len(set(lengths.values())) > 1:
             raise DataError(f"{self.group.name}: rows to write differ in length ({lengths})")
-        targets = [self.group[k] for k in arrays] + [self.group["meta"][k] for k in meta]
-        for target in targets:
+        for target in [self.group[k] for k in arrays] + [self.group["meta"][k] for k in meta]:
             if target.shape[0] < stop:
                 target.resize(stop, axis=0)
         # Metadata first: its storage is allocated at the first write, before any image chunk,
@@ -66,9 +65,9 @@ class SplitWriter:
         # Image by image, each with its mask: compressed chunks are placed in the file in the
         # order they are written, so writing a whole batch of images, then its masks, would make
         # the bytes depend on the batch size (data.chunk).
-        targets = [(self.group[key], values) for key, values in arrays.items()]
+        pairs = [(self.group[key], values) for key, values in arrays.items()]
         for i in range(len(images)):
-            for target, values in targets:
+            for target, values in pairs:
                 target[start + i] = values[i]
 
 
