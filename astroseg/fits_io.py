@@ -1,13 +1,19 @@
 """Reading survey images and masks: FITS (via astropy) and PNG, as native float32 + valid mask.
 
 What real files bring and how it is handled:
-  - BSCALE/BZERO: astropy applies them when the data is read; integer BLANK pixels become NaN
-    (scaled) or are compared against BLANK (unscaled), and either way are marked invalid.
+  - BSCALE/BZERO: pixels are read as stored and scaled here, so BLANK is compared with the
+    stored integers, as the FITS standard defines it, for every layout: signed, unsigned
+    (BZERO = 2^(n-1), where astropy would hand back unsigned values that no longer match
+    BLANK), scaled, and row strips of big files. BLANK pixels become NaN and invalid.
   - Big-endian on disk (all FITS): converted to native float32, never handed on as '>f4'.
   - NaN/inf pixels: valid = False, so nothing non-finite reaches a model.
   - Primary vs extension HDUs: `hdu` picks one by index or EXTNAME; by default the first HDU
-    with a 2-D image (so a file with an empty primary and a SCI extension just works).
+    with a 2-D image (so a file with an empty primary and a SCI extension just works). An
+    extension with INHERIT = T gets the primary header's cards it does not set itself.
   - 3-D cubes with a single plane (NAXIS3 = 1) are read as that plane.
+  - Bad pixels: `open_image` also takes a bad-pixel HDU of the same file (e.g. DQ) and/or a
+    bad-pixel map file, nonzero = bad; flagged pixels are invalid in every row block. Dataset
+    preparation and prediction both read through it, so they cannot disagree on validity.
 Big images are read in row blocks through `ImageSource.rows`, which uses astropy's section
 access on a memory-mapped file, so a survey image need not fit in memory.
 """
@@ -15,8 +21,9 @@ access on a memory-mapped file, so a survey image need not fit in memory.
 from __future__ import annotations
 
 import os
+import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +34,17 @@ from astroseg.errors import DataError
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")
 PNG_SUFFIXES = (".png",)
+# Cards that describe how an HDU is stored, not what it shows: never inherited or copied.
+STRUCTURAL = re.compile(r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|BSCALE|BZERO|"
+                        r"BLANK|CHECKSUM|DATASUM|EXTNAME|EXTVER|EXTLEVEL|INHERIT)$")
+
+
+class HDUNotFound(DataError):
+    """A file has no HDU of the index or name asked for."""
+
+    def __init__(self, message: str, hdu: int | str):
+        super().__init__(message)
+        self.hdu = hdu
 
 
 def is_fits(path: str | os.PathLike) -> bool:
@@ -49,9 +67,14 @@ def stem(path: str | os.PathLike) -> str:
 
 
 def _describe(hdul: fits.HDUList) -> str:
+    # From the headers only: touching `.data` of a scaled image opened memory-mapped raises.
     parts = []
     for i, h in enumerate(hdul):
-        shape = "no data" if h.data is None else "x".join(map(str, h.data.shape))
+        naxis = [h.header.get(f"NAXIS{n}", 0) for n in range(h.header.get("NAXIS", 0), 0, -1)]
+        if isinstance(h, (fits.BinTableHDU, fits.TableHDU)):
+            shape = f"{naxis[0]} rows"
+        else:
+            shape = "x".join(map(str, naxis)) if naxis and 0 not in naxis else "no data"
         parts.append(f"{i}:{h.name or '?'} {type(h).__name__} ({shape})")
     return "; ".join(parts)
 
@@ -65,7 +88,7 @@ def _image_shape(hdu: fits.hdu.base.ExtensionHDU) -> tuple[int, ...] | None:
     return shape
 
 
-def _select_hdu(hdul: fits.HDUList, hdu: int | str | None, path: Path):
+def _select_hdu(hdul: fits.HDUList, hdu: int | str | None, path: Path, role: str = ""):
     if hdu is None or hdu == "":
         for h in hdul:
             if _image_shape(h) is not None:
@@ -74,10 +97,49 @@ def _select_hdu(hdul: fits.HDUList, hdu: int | str | None, path: Path):
     try:
         h = hdul[hdu]
     except (KeyError, IndexError):
-        raise DataError(f"{path}: no HDU {hdu!r} (HDUs: {_describe(hdul)})") from None
+        raise HDUNotFound(f"{path}: no HDU {hdu!r}{role} (HDUs: {_describe(hdul)})", hdu) from None
     if _image_shape(h) is None:
-        raise DataError(f"{path}: HDU {hdu!r} holds no 2-D image (HDUs: {_describe(hdul)})")
+        raise DataError(f"{path}: HDU {hdu!r}{role} holds no 2-D image (HDUs: {_describe(hdul)})")
     return h
+
+
+def _inherited_header(hdul: fits.HDUList, h) -> fits.Header:
+    """The header of `h`; with INHERIT = T, preceded by the primary's cards it does not set."""
+    if h is hdul[0] or h.header.get("INHERIT") is not True:
+        return h.header
+    merged = fits.Header([c for c in hdul[0].header.cards if not STRUCTURAL.match(c.keyword)])
+    for card in h.header.cards:
+        if card.keyword in ("COMMENT", "HISTORY", ""):
+            merged.append(card, end=True)
+        else:
+            merged[card.keyword] = (card.value, card.comment)
+    return merged
+
+
+def check_same_shape(image_path: str | os.PathLike, shape: tuple[int, ...],
+                     other: tuple[int, ...], what: str) -> None:
+    """Raise unless `other` (the shape of `what`) equals the image's `shape`."""
+    if tuple(other) != tuple(shape):
+        raise DataError(f"{image_path}: image is {shape[0]}x{shape[1]} but {what} is "
+                        f"{other[0]}x{other[1]}; they must match pixel for pixel")
+
+
+def _physical(stored: np.ndarray, header: fits.Header) -> np.ndarray:
+    """Native float32 values of stored pixels: BSCALE/BZERO applied, BLANK pixels NaN."""
+    bscale, bzero = header.get("BSCALE", 1), header.get("BZERO", 0)
+    blank = header.get("BLANK")
+    integer = np.issubdtype(stored.dtype, np.integer)
+    # astropy's choice of working precision: float32 is exact for 8/16-bit integers.
+    work = np.float64 if integer and stored.dtype.itemsize > 2 else np.float32
+    data = stored.astype(work if integer else stored.dtype.newbyteorder("="))
+    if bscale != 1:
+        data *= bscale
+    if bzero != 0:
+        data += bzero
+    data = data.astype(np.float32, copy=False)
+    if integer and isinstance(blank, int) and not isinstance(blank, bool):
+        data[stored == blank] = np.nan   # BLANK is a stored value, so compare before scaling
+    return data
 
 
 @dataclass
@@ -86,33 +148,37 @@ class ImageSource:
     path: Path
     shape: tuple[int, int]
     header: fits.Header | None
-    _hdul: fits.HDUList | None
+    _hdul: fits.HDUList | None          # closed with this source (None: shared or PNG)
     _hdu: object | None
-    _array: np.ndarray | None = None   # PNG pixels (already in memory)
+    _array: np.ndarray | None = None    # PNG pixels (already in memory)
+    flags: list[ImageSource] = field(default_factory=list)   # bad-pixel maps, nonzero = bad
 
     def rows(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Native float32 pixels of rows [y0, y1) and their valid mask (finite, not BLANK)."""
+        """Native float32 pixels of rows [y0, y1) and their valid mask (finite, not flagged)."""
         if self._array is not None:
-            data = self._array[y0:y1]
+            data = np.array(self._array[y0:y1], dtype=np.float32)
         else:
             lead = (0,) * (len(self._hdu.shape) - 2)   # single-plane cube: plane 0
             try:
-                data = self._hdu.section[lead + (slice(y0, y1), slice(None))]
+                stored = self._hdu.section[lead + (slice(y0, y1), slice(None))]
             except (OSError, ValueError, TypeError) as exc:
                 raise DataError(f"{self.path}: cannot read rows {y0}-{y1} of HDU "
                                 f"{self._hdu.name}: truncated or corrupt? ({exc})") from None
-            blank = self._hdu.header.get("BLANK")
-            if blank is not None and np.issubdtype(data.dtype, np.integer):
-                data = np.where(data == blank, np.nan, data)
-        data = np.asarray(data, dtype=np.float32)   # native byte order, a copy we own
-        return data, np.isfinite(data)
+            data = _physical(np.asarray(stored), self._hdu.header)
+        valid = np.isfinite(data)
+        for flags in self.flags:
+            values, known = flags.rows(y0, y1)
+            valid &= known & (values == 0)   # an unreadable (NaN) flag counts as bad
+        return data, valid
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         """The whole image and its valid mask."""
         return self.rows(0, self.shape[0])
 
     def close(self) -> None:
-        """Close the underlying FITS file."""
+        """Close the underlying FITS file(s)."""
+        for flags in self.flags:
+            flags.close()
         if self._hdul is not None:
             self._hdul.close()
 
@@ -123,40 +189,65 @@ class ImageSource:
         self.close()
 
 
-def open_image(path: str | os.PathLike, hdu: int | str | None = None) -> ImageSource:
-    """Open a FITS (HDU `hdu`, default the first image) or PNG image for reading."""
+def open_image(path: str | os.PathLike, hdu: int | str | None = None,
+               bad_pixel_hdu: int | str | None = None,
+               bad_pixels: str | os.PathLike | None = None) -> ImageSource:
+    """Open a FITS (HDU `hdu`, default the first image) or PNG image for reading.
+
+    `bad_pixel_hdu` (an HDU of the same file, e.g. 'DQ') and `bad_pixels` (a map file) flag
+    pixels as invalid where nonzero; both must match the image pixel for pixel.
+    """
     path = Path(path)
+    src = _open_one(path, hdu)
+    try:
+        if bad_pixel_hdu is not None and bad_pixel_hdu != "":
+            if src._hdul is None:
+                raise DataError(f"{path}: a PNG image has no HDUs, so no bad-pixel HDU "
+                                f"{bad_pixel_hdu!r}; give a bad-pixel map file instead")
+            h = _select_hdu(src._hdul, bad_pixel_hdu, path, " (bad-pixel flags)")
+            flags = _fits_source(path, src._hdul, h, owner=False)
+            check_same_shape(path, src.shape, flags.shape, f"HDU {h.name or bad_pixel_hdu}")
+            src.flags.append(flags)
+        if bad_pixels is not None and str(bad_pixels) != "":
+            src.flags.append(_open_one(Path(bad_pixels), None))
+            check_same_shape(path, src.shape, src.flags[-1].shape, str(bad_pixels))
+    except Exception:
+        src.close()
+        raise
+    return src
+
+
+def _open_one(path: Path, hdu: int | str | None) -> ImageSource:
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
     if not is_fits(path):
         return _open_png(path)
-    hdul = _open_fits(path, memmap=True)
+    hdul = _open_fits(path)
     try:
-        h = _select_hdu(hdul, hdu, path)
-        if any(key in h.header for key in ("BSCALE", "BZERO", "BLANK")):
-            # astropy cannot memory-map scaled data; section reads of the file still read only
-            # the rows asked for.
-            index = hdul.index(h)
-            hdul.close()
-            hdul = _open_fits(path, memmap=False)
-            h = hdul[index]
-        shape = h.shape
-        if any(n != 1 for n in shape[:-2]):
-            raise DataError(f"{path}: HDU {h.name} is a cube of shape {shape}; expected a 2-D "
-                            "image or a single plane")
+        return _fits_source(path, hdul, _select_hdu(hdul, hdu, path), owner=True)
     except Exception:
         hdul.close()
         raise
-    return ImageSource(path, tuple(shape[-2:]), h.header, hdul, h)
 
 
-def _open_fits(path: Path, memmap: bool) -> fits.HDUList:
-    # astropy drops an HDU it cannot parse (a truncated file) with only a warning: make it an
-    # error, since reading on would silently use the wrong HDU or none.
+def _fits_source(path: Path, hdul: fits.HDUList, h, owner: bool) -> ImageSource:
+    shape = h.shape
+    if any(n != 1 for n in shape[:-2]):
+        raise DataError(f"{path}: HDU {h.name} is a cube of shape {shape}; expected a 2-D "
+                        "image or a single plane")
+    return ImageSource(path, tuple(shape[-2:]), _inherited_header(hdul, h),
+                       hdul if owner else None, h)
+
+
+def _open_fits(path: Path) -> fits.HDUList:
+    # Stored values, unscaled: lets astropy memory-map scaled images too, and BLANK is compared
+    # in stored units by _physical. astropy drops an HDU it cannot parse (a truncated file) with
+    # only a warning: make it an error, since reading on would use the wrong HDU or none.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", VerifyWarning)
         try:
-            hdul = fits.open(path, memmap=memmap, lazy_load_hdus=False)
+            hdul = fits.open(path, memmap=True, lazy_load_hdus=False,
+                             do_not_scale_image_data=True)
         except (OSError, ValueError, TypeError) as exc:
             raise DataError(f"{path}: not a readable FITS file ({exc})") from None
     problems = [w for w in caught if issubclass(w.category, VerifyWarning)

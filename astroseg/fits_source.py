@@ -19,7 +19,7 @@ import numpy as np
 
 from astroseg.dataset import SPLITS, DatasetWriter
 from astroseg.errors import DataError
-from astroseg.fits_io import open_image, parse_hdu, read_image, read_mask, stem
+from astroseg.fits_io import check_same_shape, open_image, parse_hdu, read_mask, stem
 from astroseg.normalize import Normalization, normalize_array
 from astroseg.params import DataParams, FitsParams
 from astroseg.tiling import cut_tiles, pad_to
@@ -88,26 +88,13 @@ def split_fields(fields: list[Field], val_fraction: float, test_fraction: float,
 def load_field(field: Field, p: FitsParams, method: str
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Normalization]:
     """A field's normalised image, uint8 mask and valid map, checking shapes and values."""
-    with open_image(field.image, parse_hdu(p.hdu)) as src:
+    # The same reader as `astroseg predict`, so training and prediction see the same pixels.
+    with open_image(field.image, parse_hdu(p.hdu), parse_hdu(p.bad_pixel_hdu), field.bad) as src:
         raw, valid = src.read()
-    if p.bad_pixel_hdu:
-        flags, flag_ok, _ = read_image(field.image, parse_hdu(p.bad_pixel_hdu))
-        _same_shape(field.image, raw, flags, f"HDU {p.bad_pixel_hdu}")
-        valid &= flag_ok & (flags == 0)
-    if field.bad is not None:
-        flags, flag_ok, _ = read_image(field.bad)
-        _same_shape(field.image, raw, flags, str(field.bad))
-        valid &= flag_ok & (flags == 0)
     mask = read_mask(field.mask, parse_hdu(p.mask_hdu))
-    _same_shape(field.image, raw, mask, str(field.mask))
+    check_same_shape(field.image, raw.shape, mask.shape, str(field.mask))
     image, norm = normalize_array(raw, valid, method, str(field.image))
     return image, (mask & valid).astype(np.uint8), valid, norm
-
-
-def _same_shape(image_path: Path, image: np.ndarray, other: np.ndarray, what: str) -> None:
-    if other.shape != image.shape:
-        raise DataError(f"{image_path}: image is {image.shape[0]}x{image.shape[1]} but {what} is "
-                        f"{other.shape[0]}x{other.shape[1]}; they must match pixel for pixel")
 
 
 @dataclass

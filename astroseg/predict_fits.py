@@ -11,7 +11,12 @@ array. Memory is O(window x width), not O(image). The output FITS has:
   HDU 1 MASK       uint8 mask (threshold on HDU 0; the argmax class when multi-class), 0 where
                    the input was invalid
   HDU 2.. PROB_<CLASS>  float32 per-class probabilities, multi-class models only
-Every HDU carries the input's WCS and header cards, plus provenance keywords (AS*).
+Every HDU carries the input's WCS and header cards (with INHERIT = T, the primary's too), plus
+provenance keywords (AS*), except the cards that describe the input's pixel values (see
+_VALUE_CARDS): a probability map must not claim BUNIT = 'count' or the input's SATURATE.
+Bad pixels are read as in dataset preparation (astroseg.fits_io.open_image): by default the
+image and bad-pixel HDUs the model was trained with (checkpoint meta "fits"), and flagged
+pixels are NaN in the probabilities and 0 in MASK, like NaN/BLANK input pixels.
 """
 
 from __future__ import annotations
@@ -19,26 +24,33 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from astropy.io import fits
+from tqdm import tqdm
 
 from astroseg import __version__
 from astroseg.atomic import atomic_output
 from astroseg.checkpoint import load_checkpoint
 from astroseg.device import resolve_device, resolve_precision
-from astroseg.errors import ParamsError
-from astroseg.fits_io import open_image
-from astroseg.normalize import check_method, fit_field
+from astroseg.errors import DataError, ParamsError
+from astroseg.fits_io import STRUCTURAL, HDUNotFound, ImageSource, open_image, parse_hdu
+from astroseg.normalize import Normalization, check_method, fit_field
 from astroseg.predict import file_sha256, predict
 from astroseg.tiling import starts, window_weight
 
-# Cards describing the input's storage (not its content) are not copied to the output.
-_STRUCTURAL = re.compile(r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|BSCALE|BZERO|"
-                         r"BLANK|CHECKSUM|DATASUM|EXTNAME|EXTVER)$")
+# Cards that state something about the input's pixel values, false of a probability or a mask:
+# their unit, type and range, levels in those units, and the detector's conversion of them.
+# Photometric zero points and flux conversions (MAGZP*, PHOTZPT, ZP*, PHOTFLAM, ...) are kept
+# (f039f1d): they calibrate the input image that MASK serves as an aperture on, and nothing
+# applies them to a map whose BUNIT says it is dimensionless.
+_VALUE_CARDS = re.compile(r"^(BUNIT|BTYPE|DATAMIN|DATAMAX|SATUR\w*|SATLEV\w*|(CCD|ATOD)?GAIN\w*|"
+                          r"RDNOIS\w*|READNOI\w*|READNS\w*|RON|SKYLEV\w*|SKYSIG\w*)$")
 # WCS cards of a third (degenerate) axis of a single-plane cube.
 _AXIS3 = re.compile(r"^(CTYPE|CRVAL|CDELT|CRPIX|CUNIT|CROTA|CNAME|CRDER|CSYER)[3-9]$|"
                     r"^(PC|CD)([3-9]_\d|\d_[3-9])$")
@@ -60,11 +72,11 @@ def _round_up(n: int, m: int) -> int:
 
 
 def output_header(header: fits.Header | None, ndim: int) -> fits.Header:
-    """The input's cards minus storage keywords (and a cube's third WCS axis)."""
+    """The input's cards minus storage and pixel-value keywords (and a cube's third WCS axis)."""
     out = fits.Header()
     for card in (header or fits.Header()).cards:
         key = card.keyword
-        if _STRUCTURAL.match(key) or (ndim > 2 and _AXIS3.match(key)):
+        if STRUCTURAL.match(key) or _VALUE_CARDS.match(key) or (ndim > 2 and _AXIS3.match(key)):
             continue
         if ndim > 2 and key == "WCSAXES":
             out["WCSAXES"] = 2
@@ -73,27 +85,84 @@ def output_header(header: fits.Header | None, ndim: int) -> fits.Header:
     return out
 
 
+def _as_hdu(value: int | str | None) -> int | str | None:
+    return parse_hdu(value) if isinstance(value, str) else value
+
+
+def open_input(input_path: str | os.PathLike, meta: dict[str, Any],
+               hdu: int | str | None = None, bad_pixel_hdu: int | str | None = None,
+               bad_pixels: str | os.PathLike | None = None,
+               model_name: str = "the model") -> ImageSource:
+    """The image to segment, with its bad pixels; HDUs left None are those `meta` records."""
+    # `meta` is a checkpoint's: its "fits" holds the HDUs read in training. "" means none
+    # (for `hdu`: the first image HDU).
+    trained = meta.get("fits") or {}
+    given = {"hdu": hdu, "bad_pixel_hdu": bad_pixel_hdu}
+    chosen = {k: trained.get(k, "") if v is None else v for k, v in given.items()}
+    try:
+        return open_image(input_path, _as_hdu(chosen["hdu"]), _as_hdu(chosen["bad_pixel_hdu"]),
+                          bad_pixels)
+    except HDUNotFound as exc:
+        # Name where an HDU the user did not ask for came from, and how to choose another.
+        key = next((k for k in chosen if given[k] is None and _as_hdu(chosen[k]) == exc.hdu), None)
+        if key is None:
+            raise
+        off = "the first image HDU" if key == "hdu" else "no bad-pixel HDU"
+        raise DataError(f"{exc}; {model_name} was trained with data.fits.{key} = "
+                        f"{chosen[key]!r}: give --{key.replace('_', '-')} NAME, or '' for "
+                        f"{off}") from None
+
+
+def _fit(src: ImageSource, meta: dict[str, Any], model_name: str) -> Normalization:
+    method = check_method(meta.get("normalization", "minmax"), f"{model_name}: normalization")
+    return fit_field(method, src.rows, *src.shape, str(src.path))
+
+
+def normalized_input(input_path: str | os.PathLike, meta: dict[str, Any],
+                     hdu: int | str | None = None, bad_pixel_hdu: int | str | None = None,
+                     bad_pixels: str | os.PathLike | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, Normalization]:
+    """The whole normalised image, valid mask and normalisation `predict_fits` feeds a model."""
+    with open_input(input_path, meta, hdu, bad_pixel_hdu, bad_pixels) as src:
+        norm = _fit(src, meta, "the model")
+        raw, valid = src.read()
+    return norm.apply(raw, valid), valid, norm
+
+
 def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
                  model_path: str | os.PathLike = "models/model.pt", device: str = "auto",
                  batch_size: int = 8, threshold: float = 0.5, window: int = 256,
                  overlap: int = 32, hdu: int | str | None = None,
-                 precision: str = "auto", tta: bool = False) -> FitsPrediction:
-    """Segment one FITS image into a probability + mask FITS file (see module docstring)."""
+                 precision: str = "auto", tta: bool = False,
+                 bad_pixel_hdu: int | str | None = None,
+                 bad_pixels: str | os.PathLike | None = None, progress: bool = False,
+                 notify: Callable[[str], None] | None = None) -> FitsPrediction:
+    """Segment one FITS image into a probability + mask FITS file (see module docstring).
+
+    `hdu`/`bad_pixel_hdu` None: as the model was trained; "": the first image HDU / none.
+    `progress` shows a bar over window rows on a terminal; `notify` receives one-line notes.
+    """
     input_path, output_path = Path(input_path), Path(output_path)
     model, payload = load_checkpoint(model_path, resolve_device(device, "--device"))
     model = model.to(memory_format=torch.channels_last)  # ~10% faster convolutions on CPU
     precision = resolve_precision(precision, next(model.parameters()).device)
     meta = payload.get("meta", {})
-    method = check_method(meta.get("normalization", "minmax"), f"{model_path}: normalization")
     class_names = list(meta.get("class_names", ["background", "source"]))
     stride = getattr(model, "stride", 1)
-    window = _round_up(window, stride)
+    asked, window = window, _round_up(window, stride)
+    if window != asked and notify is not None:
+        notify(f"window {asked} rounded up to {window}, a multiple of the model's stride {stride}")
+    trained_maps = (meta.get("fits") or {}).get("bad_pixels")
+    if trained_maps and bad_pixels is None and notify is not None:
+        notify(f"{model_path} was trained with bad-pixel maps (data.fits.bad_pixels = "
+               f"{trained_maps!r}); give this image's map with --bad-pixels")
     if overlap < 0 or overlap >= window:
         raise ParamsError(f"--overlap = {overlap}: expected 0 <= overlap < window ({window})")
-    with open_image(input_path, hdu) as src, tempfile.TemporaryDirectory(
-            prefix=".astroseg-", dir=output_path.parent if output_path.parent.exists() else None) as tmp:
+    with open_input(input_path, meta, hdu, bad_pixel_hdu, bad_pixels, str(model_path)) as src, \
+            tempfile.TemporaryDirectory(prefix=".astroseg-", dir=output_path.parent
+                                        if output_path.parent.exists() else None) as tmp:
         height, width = src.shape
-        norm = fit_field(method, src.rows, height, width, str(input_path))
+        norm = _fit(src, meta, str(model_path))
         win_h, win_w = min(window, _round_up(height, stride)), min(window, _round_up(width, stride))
         ys, xs = starts(height, win_h, win_h - overlap), starts(width, win_w, win_w - overlap)
         weight = window_weight(win_h, win_w, overlap)
@@ -120,7 +189,9 @@ def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
                 buf[..., -n:, :] = 0
             top = until
 
-        for y0 in ys:
+        bar = tqdm(ys, desc=f"{input_path.name}: window rows", unit="row", leave=False,
+                   disable=None if progress else True)   # None: shown on a terminal only
+        for y0 in bar:
             flush(y0)
             rows, valid = src.rows(y0, min(height, y0 + win_h))
             x = np.zeros((win_h, padded_w), np.float32)
@@ -198,4 +269,6 @@ def _plane_header(name: str, dtype: type, height: int, width: int, cards: fits.H
     else:
         hdr["PCOUNT"], hdr["GCOUNT"], hdr["EXTNAME"] = 0, 1, name
     hdr.extend(cards)
+    if dtype == np.float32:   # the input's BUNIT was dropped with the other value cards
+        hdr["BUNIT"] = ("", "dimensionless: probability in [0, 1]")
     return hdr

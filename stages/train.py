@@ -54,6 +54,10 @@ def main() -> None:
     meta = {"normalization": attrs.get("normalization", "minmax"), "class_names": class_names,
             "epochs_run": len(result.history), "best_epoch": result.best_epoch,
             "val_iou": best.val_iou}
+    if attrs.get("source") == "fits":
+        # The HDUs read in training: `astroseg predict` reads a FITS image the same way.
+        fits_params = attrs.get("params", {}).get("fits", {})
+        meta["fits"] = {k: fits_params.get(k, "") for k in ("hdu", "bad_pixel_hdu", "bad_pixels")}
     save_checkpoint(MODEL, model, config, meta)
     write_history(HISTORY, result.history)
     print(f"train: kept epoch {result.best_epoch} (val IoU {best.val_iou:.4f}); wrote {MODEL} "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -23,6 +25,79 @@ def test_scaled_integers_with_blank_become_native_float_with_invalid_pixels(tmp_
     assert data.dtype == np.float32 and data.dtype.byteorder in "=|"
     assert not valid[1, 2] and valid.sum() == 19
     assert data[0, 1] == 100.5 and header["BSCALE"] == 0.5
+
+
+# (stored dtype, BSCALE, BZERO, BLANK): BLANK is a stored value in every layout.
+LAYOUTS = {"int16": (np.int16, 1, 0, -32768), "int16_scaled": (np.int16, 0.5, 100.0, -32768),
+           "uint16": (np.int16, 1, 32768, -32768), "uint32": (np.int32, 1, 2147483648, -2**31),
+           "int32_scaled": (np.int32, 2.0, -10.0, 999)}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_blank_is_compared_in_stored_units_for_every_integer_layout(tmp_path, layout):
+    dtype, bscale, bzero, blank = LAYOUTS[layout]
+    stored = (np.arange(30).reshape(6, 5) * 7 + np.iinfo(dtype).min + 1).astype(dtype)
+    stored[1, 2] = stored[4, 0] = blank
+    hdu = fits.PrimaryHDU(stored)
+    hdu.header.update(BSCALE=bscale, BZERO=bzero, BLANK=blank)
+    hdu.writeto(tmp_path / "a.fits")
+    expected = stored.astype(np.float64) * bscale + bzero
+    with open_image(tmp_path / "a.fits") as src:
+        for y0, y1 in ((0, 6), (3, 6)):   # whole image and a section read of a row strip
+            data, valid = src.rows(y0, y1)
+            assert data.dtype == np.float32 and data.dtype.isnative
+            assert np.array_equal(valid, stored[y0:y1] != blank)
+            assert np.isnan(data[~valid]).all()
+            np.testing.assert_array_equal(data[valid], expected[y0:y1][valid].astype(np.float32))
+    if bzero == 2 ** (8 * stored.itemsize - 1):   # astropy's unsigned values agree off BLANK
+        data, valid, _ = read_image(tmp_path / "a.fits")
+        unsigned = fits.getdata(tmp_path / "a.fits")
+        assert unsigned.dtype.kind == "u"
+        np.testing.assert_array_equal(data[valid], unsigned[valid].astype(np.float32))
+
+
+def test_missing_hdu_of_a_scaled_file_is_described_from_headers(tmp_path):
+    sci = fits.ImageHDU(np.zeros((6, 5), np.int16), name="SCI")
+    sci.header.update(BSCALE=0.25, BZERO=4000.0, BLANK=-32768)
+    table = fits.BinTableHDU.from_columns([fits.Column("a", "E", array=np.ones(3))], name="CAT")
+    fits.HDUList([fits.PrimaryHDU(), sci, table]).writeto(tmp_path / "s.fits")
+    listing = "0:PRIMARY PrimaryHDU (no data); 1:SCI ImageHDU (6x5); 2:CAT BinTableHDU (3 rows)"
+    with pytest.raises(DataError, match=re.escape(f"s.fits: no HDU 'DQ' (HDUs: {listing})")):
+        open_image(tmp_path / "s.fits", "DQ")
+    with pytest.raises(DataError, match=re.escape("no HDU 'DQ' (bad-pixel flags)")):
+        open_image(tmp_path / "s.fits", None, "DQ")
+
+
+def test_bad_pixel_hdu_and_map_flag_pixels_and_must_match_the_image(tmp_path):
+    flags = np.zeros((6, 5), np.int16)
+    flags[2, 3] = 4
+    hdus = [fits.PrimaryHDU(np.ones((6, 5), np.float32)), fits.ImageHDU(flags, name="DQ"),
+            fits.ImageHDU(np.zeros((3, 5), np.int16), name="SMALL")]
+    fits.HDUList(hdus).writeto(tmp_path / "f.fits")
+    bad_map = np.zeros((6, 5), np.uint8)
+    bad_map[0, 0] = 1
+    Image.fromarray(bad_map).save(tmp_path / "map.png")
+    with open_image(tmp_path / "f.fits", None, "DQ", tmp_path / "map.png") as src:
+        _, valid = src.read()
+        assert np.argwhere(~valid).tolist() == [[0, 0], [2, 3]]
+        assert src.rows(1, 4)[1].sum() == 14
+    with pytest.raises(DataError, match="f.fits: image is 6x5 but HDU SMALL is 3x5"):
+        open_image(tmp_path / "f.fits", None, "SMALL")
+    with pytest.raises(DataError, match="map.png: a PNG image has no HDUs"):
+        open_image(tmp_path / "map.png", None, "DQ")
+
+
+def test_inherit_extension_gets_the_primary_cards_it_does_not_set(tmp_path):
+    primary = fits.PrimaryHDU()
+    primary.header.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", OBJECT="primary", TELESCOP="T")
+    sci = fits.ImageHDU(np.ones((4, 4), np.float32), name="SCI")
+    sci.header.update(INHERIT=True, OBJECT="extension")
+    plain = fits.ImageHDU(np.ones((4, 4), np.float32), name="PLAIN")
+    fits.HDUList([primary, sci, plain]).writeto(tmp_path / "i.fits")
+    header = read_image(tmp_path / "i.fits", "SCI")[2]
+    assert header["CTYPE1"] == "RA---TAN" and header["TELESCOP"] == "T"
+    assert header["OBJECT"] == "extension" and header["NAXIS1"] == 4
+    assert "CTYPE1" not in read_image(tmp_path / "i.fits", "PLAIN")[2]
 
 
 def test_big_endian_float_nan_and_inf_are_invalid(tmp_path):

@@ -17,7 +17,7 @@ from astroseg.dataset import load_split, read_attrs
 from astroseg.fits_io import read_image
 from astroseg.normalize import Normalization
 from astroseg.predict_fits import predict_fits
-from astroseg.sky import write_sky
+from astroseg.sky import render_field, write_sky
 from conftest import run_stage, tiny_params, write_params
 
 FITS_PARAMS = {"data": {"source": "fits", "normalize": "asinh",
@@ -47,6 +47,36 @@ def test_make_sky_writes_real_world_fits(sky):
         assert WCS(hdul["SCI"].header).has_celestial
     mask = fits.getdata(sky / "raw/masks/field_01.fits")
     assert mask.dtype == np.uint8 and 0 < mask.mean() < 0.5
+
+
+def test_make_sky_renders_sources_across_block_edges():
+    _, mask, _ = render_field(0, 1024, seed=0)
+    m = mask.astype(bool)
+    for axis, mm in (("columns", m), ("rows", m.T)):
+        # Overlap of neighbouring lines' masks (x, x + 1): the block edge 511/512 like the rest.
+        union = (mm[:, 1:] | mm[:, :-1]).sum(axis=0)
+        overlap = (mm[:, 1:] & mm[:, :-1]).sum(axis=0) / np.maximum(union, 1)
+        assert (mm[:, 511] & mm[:, 512]).sum() > 10, f"no source crosses {axis} 511/512"
+        assert overlap[511] > 0.8 * np.median(np.delete(overlap, 511)), axis
+
+
+def test_make_sky_refuses_a_directory_with_fields_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "raw"
+    assert cli_main(["make-sky", str(out), "--fields", "3", "--size", "32"]) == 0
+    capsys.readouterr()
+    assert cli_main(["make-sky", str(out), "--fields", "2", "--size", "32", "--seed", "1"]) == 2
+    assert f"error: {out}: already holds 6 make-sky files" in capsys.readouterr().err
+    assert len(list(out.glob("*/*.fits"))) == 6
+    assert cli_main(["make-sky", str(out), "--fields", "2", "--size", "32", "--seed", "1",
+                     "--overwrite"]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.glob("*/*.fits")) == [
+        "images/field_00.fits", "images/field_01.fits", "masks/field_00.fits",
+        "masks/field_01.fits"]
+    # Files make-sky did not write are never deleted, not even with --overwrite.
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(out / "images/mine.fits")
+    assert cli_main(["make-sky", str(out), "--fields", "1", "--size", "32", "--overwrite"]) == 2
+    assert "holds images make-sky did not write" in capsys.readouterr().err
+    assert len(list(out.glob("*/*.fits"))) == 5
 
 
 def test_prepare_from_fits_splits_by_field_and_keeps_provenance(fits_project):
@@ -105,6 +135,12 @@ def _break(project: Path, case: str) -> str:
         params["data"]["fits"]["masks"] = "raw/nothing/*.fits"
         write_params(project, params)
         return "data.fits.masks = 'raw/nothing/\\*.fits' matches no file"
+    if case in ("hdu_missing", "bad_pixel_hdu_missing"):   # files with BSCALE/BZERO/BLANK
+        params = tiny_params(**FITS_PARAMS)
+        params["data"]["fits"][case.removesuffix("_missing")] = "DQ"
+        write_params(project, params)
+        role = " \\(bad-pixel flags\\)" if case == "bad_pixel_hdu_missing" else ""
+        return f"field_0\\d.fits: no HDU 'DQ'{role} \\(HDUs: 0:PRIMARY"
     if case == "all_nan":
         fits.PrimaryHDU(np.full((160, 160), np.nan, np.float32)).writeto(img / "field_00.fits",
                                                                           overwrite=True)
@@ -114,7 +150,8 @@ def _break(project: Path, case: str) -> str:
 
 
 @pytest.mark.parametrize("case", ["missing_mask", "shape_mismatch", "no_image_hdu",
-                                  "mask_glob_empty", "all_nan", "truncated"])
+                                  "mask_glob_empty", "all_nan", "truncated", "hdu_missing",
+                                  "bad_pixel_hdu_missing"])
 def test_bad_fits_input_fails_clearly_and_keeps_the_old_dataset(fits_project, case):
     out = fits_project / "data/dataset.h5"
     out.parent.mkdir()

@@ -1,0 +1,242 @@
+"""`astroseg predict` on FITS: bad pixels read as in training, output headers, CLI behaviour."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from astroseg.checkpoint import save_checkpoint
+from astroseg.cli import build_parser
+from astroseg.cli import main as cli_main
+from astroseg.dataset import load_split, read_attrs
+from astroseg.errors import DataError
+from astroseg.models import build_model
+from astroseg.normalize import Normalization
+from astroseg.predict import load_model, predict
+from astroseg.predict_fits import normalized_input, predict_fits
+from astroseg.sky import write_sky
+from conftest import ROOT, run_stage, tiny_params, write_params
+
+SIZE, TILE = 96, 48
+COSMIC = (30, 40)      # a cosmic ray, flagged in DQ
+FLAGGED = (70, 10)     # a hot pixel, flagged in DQ
+CONFIG = {"name": "segformer", "num_classes": 1, "dims": [8, 16], "depths": [1, 1],
+          "heads": [1, 2], "sr_ratios": [2, 1], "decoder_dim": 16, "refine_dim": 4}
+
+
+def _field(path: Path, mask_path: Path, seed: int, dq: bool = True) -> None:
+    """A 96x96 float field in SCI (sky ~200, sources up to ~505) with a flagged cosmic ray."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    cy, cx = rng.uniform(20, 76, 2)
+    source = 300 * np.exp(-0.5 * ((yy - cy) ** 2 + (xx - cx) ** 2) / 6 ** 2)
+    sci = (200 + 2 * rng.standard_normal((SIZE, SIZE)) + source).astype(np.float32)
+    sci[COSMIC], sci[FLAGGED] = 60000, 900
+    flags = np.zeros((SIZE, SIZE), np.int16)
+    flags[COSMIC], flags[FLAGGED] = 8, 1
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(sci, name="SCI")]
+    fits.HDUList(hdus + ([fits.ImageHDU(flags, name="DQ")] if dq else [])).writeto(path)
+    fits.PrimaryHDU((source > 30).astype(np.uint8)).writeto(mask_path)
+
+
+@pytest.fixture(scope="module")
+def dq_project(tmp_path_factory) -> Path:
+    """Four fields with DQ extensions, prepared and trained with data.fits.bad_pixel_hdu: DQ."""
+    root = tmp_path_factory.mktemp("dq")
+    for sub in ("images", "masks"):
+        (root / "raw" / sub).mkdir(parents=True)
+    for i in range(4):
+        _field(root / f"raw/images/f{i}.fits", root / f"raw/masks/f{i}.fits", seed=i)
+    write_params(root, tiny_params(data={"source": "fits", "normalize": "minmax", "fits": {
+        "hdu": "SCI", "bad_pixel_hdu": "DQ", "tile": TILE, "stride": TILE,
+        "val_fraction": 0.25, "test_fraction": 0.25}}))
+    for stage in ("prepare", "train"):
+        result = run_stage(stage, root)
+        assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory) -> Path:
+    """An untrained checkpoint (stride 8, minmax), for tests of everything but the weights."""
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, build_model(CONFIG), CONFIG, {"normalization": "minmax"})
+    return path
+
+
+def test_checkpoint_records_the_hdus_read_in_training(dq_project):
+    meta = torch.load(dq_project / "models/model.pt", weights_only=True)["meta"]
+    assert meta["fits"] == {"hdu": "SCI", "bad_pixel_hdu": "DQ", "bad_pixels": ""}
+
+
+def test_prepare_and_predict_read_a_field_identically(dq_project):
+    dataset = dq_project / "data/dataset.h5"
+    meta = torch.load(dq_project / "models/model.pt", weights_only=True)["meta"]
+    fields = read_attrs(dataset)["fields"]
+    compared = 0
+    for split in ("train", "val", "test"):
+        tiles = load_split(dataset, split)
+        for i, index in enumerate(tiles.meta["field"]):
+            field = fields[index]
+            image, valid, norm = normalized_input(dq_project / field["image"], meta)
+            assert norm == Normalization(**field["normalization"])
+            assert norm.hi < 1000     # the flagged cosmic ray (60000) is not the top of the range
+            assert not valid[COSMIC] and not valid[FLAGGED] and valid.sum() == SIZE * SIZE - 2
+            y, x = tiles.meta["y"][i], tiles.meta["x"][i]
+            np.testing.assert_array_equal(tiles.images[i], image[y:y + TILE, x:x + TILE])
+            np.testing.assert_array_equal(tiles.valid[i], valid[y:y + TILE, x:x + TILE])
+            compared += 1
+    assert compared == 16
+
+
+def _predict_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = cli_main(["predict", *args, "--device", "cpu", "--window", "48", "--overlap", "8"])
+    return code, capsys.readouterr().err
+
+
+def test_predict_applies_the_trained_bad_pixel_hdu_unless_told_otherwise(dq_project, tmp_path,
+                                                                          capsys):
+    image, model = dq_project / "raw/images/f0.fits", str(dq_project / "models/model.pt")
+    out = tmp_path / "seg.fits"
+    assert _predict_cli([str(image), "-o", str(out), "--model", model], capsys)[0] == 0
+    with fits.open(out) as hdul:
+        prob, mask = hdul[0].data, hdul["MASK"].data
+        assert np.isnan(prob[COSMIC]) and np.isnan(prob[FLAGGED]) and np.isnan(prob).sum() == 2
+        assert mask[COSMIC] == 0 and mask[FLAGGED] == 0
+        # The normalisation prepare fitted to this field, not one stretched to the cosmic ray.
+        record = next(f for f in read_attrs(dq_project / "data/dataset.h5")["fields"]
+                      if f["name"] == "f0")
+        norm = Normalization(**record["normalization"])
+        assert (hdul[0].header["ASNLO"], hdul[0].header["ASNHI"]) == (norm.lo, norm.hi)
+        assert norm.hi < 1000
+    # An explicit '' turns the bad-pixel HDU off: the cosmic ray is an ordinary pixel again.
+    off = tmp_path / "off.fits"
+    assert _predict_cli([str(image), "-o", str(off), "--model", model, "--bad-pixel-hdu", ""],
+                        capsys)[0] == 0
+    assert not np.isnan(fits.getdata(off)).any() and fits.getheader(off)["ASNHI"] == 60000
+    # A bad-pixel map file flags pixels as well.
+    bad_map = tmp_path / "map.fits"
+    flags = np.zeros((SIZE, SIZE), np.uint8)
+    flags[5, 6] = 1
+    fits.PrimaryHDU(flags).writeto(bad_map)
+    both = tmp_path / "both.fits"
+    assert _predict_cli([str(image), "-o", str(both), "--model", model, "--bad-pixels",
+                         str(bad_map)], capsys)[0] == 0
+    assert np.argwhere(np.isnan(fits.getdata(both))).tolist() == sorted([[5, 6], list(COSMIC),
+                                                                          list(FLAGGED)])
+
+
+def test_a_trained_hdu_missing_from_the_image_is_a_clear_error(dq_project, tmp_path, capsys):
+    image = tmp_path / "nodq.fits"
+    _field(image, tmp_path / "nodq_mask.fits", seed=9, dq=False)
+    model = dq_project / "models/model.pt"
+    code, err = _predict_cli([str(image), "-o", str(tmp_path / "o.fits"), "--model", str(model)],
+                             capsys)
+    assert code == 2 and err.startswith(f"error: {image}: no HDU 'DQ'")
+    assert "data.fits.bad_pixel_hdu = 'DQ'" in err and "--bad-pixel-hdu" in err
+    with pytest.raises(DataError, match="no HDU 'DQ'"):
+        predict_fits(image, tmp_path / "o.fits", model, "cpu", window=48, overlap=8)
+    predict_fits(image, tmp_path / "o.fits", model, "cpu", window=48, overlap=8, bad_pixel_hdu="")
+    assert fits.getdata(tmp_path / "o.fits").shape == (SIZE, SIZE)
+
+
+def test_output_drops_cards_about_input_values_and_keeps_inherited_wcs(untrained, tmp_path):
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype, wcs.wcs.crval = ["RA---TAN", "DEC--TAN"], [150.0, 2.0]
+    wcs.wcs.crpix, wcs.wcs.cdelt = [32, 32], [-5e-5, 5e-5]
+    primary = fits.PrimaryHDU(header=wcs.to_header())
+    primary.header.update(TELESCOP="astroseg test", MAGZP=25.1, GAIN=2.5)
+    sci = fits.ImageHDU(np.random.default_rng(0).random((64, 64), np.float32), name="SCI")
+    sci.header.update(INHERIT=True, BUNIT="count", DATAMIN=0.0, DATAMAX=1.0, SATURATE=0.9,
+                      SATURLEV=0.95, RDNOISE=3.1, READNOIS=3.1, PHOTZPT=24.0, OBJECT="m31")
+    fits.HDUList([primary, sci]).writeto(tmp_path / "in.fits")
+    predict_fits(tmp_path / "in.fits", tmp_path / "out.fits", untrained, "cpu", window=64)
+    with fits.open(tmp_path / "out.fits") as hdul:
+        for h in hdul:
+            dropped = {"DATAMIN", "DATAMAX", "SATURATE", "SATURLEV", "GAIN", "RDNOISE",
+                       "READNOIS", "INHERIT"} & set(h.header)
+            assert not dropped, f"{h.name} keeps {dropped}"
+            assert h.header["OBJECT"] == "m31" and h.header["TELESCOP"] == "astroseg test"
+            assert h.header["MAGZP"] == 25.1 and h.header["PHOTZPT"] == 24.0  # zero points kept
+            assert WCS(h.header).wcs.compare(wcs.wcs)   # the primary's WCS, inherited
+        assert hdul[0].header["BUNIT"] == "" and "BUNIT" not in hdul["MASK"].header
+
+
+def test_window_rounded_up_to_the_stride_says_so(untrained, tmp_path, capsys):
+    image = tmp_path / "img.fits"
+    fits.PrimaryHDU(np.random.default_rng(1).random((60, 70), np.float32)).writeto(image)
+    args = [str(image), "-o", str(tmp_path / "o.fits"), "--model", str(untrained),
+            "--device", "cpu", "--overlap", "8"]
+    assert cli_main(["predict", *args, "--window", "44"]) == 0
+    captured = capsys.readouterr()
+    assert "note: window 44 rounded up to 48, a multiple of the model's stride 8" in captured.err
+    assert fits.getheader(tmp_path / "o.fits")["ASWINDOW"] == 48
+    assert captured.out.startswith(f"{tmp_path / 'o.fits'}: probability and mask")
+    assert cli_main(["predict", *args, "--window", "48"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_predict_names_a_missing_hdu_of_a_scaled_file_without_traceback(untrained, tmp_path):
+    write_sky(tmp_path / "sky", n_fields=2, size=64, seed=0)   # BSCALE/BZERO/BLANK, SCI in 01
+    image = tmp_path / "sky/images/field_01.fits"
+    result = subprocess.run([sys.executable, "-m", "astroseg.cli", "predict", str(image), "-o",
+                             str(tmp_path / "o.fits"), "--hdu", "DQ", "--model", str(untrained),
+                             "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {image}: no HDU 'DQ'"), result.stderr
+    assert "1:SCI ImageHDU (64x64)" in result.stderr
+
+
+def test_info_says_what_a_non_dataset_file_holds(tmp_path, capsys):
+    path = tmp_path / "seg.h5"
+    with h5py.File(path, "w") as f:
+        f["probabilities"] = np.zeros((2, 8, 8), np.float32)
+        f["masks"] = np.zeros((2, 8, 8), np.uint8)
+        f.attrs["model_sha256"] = "0" * 64
+    assert cli_main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: an `astroseg predict` output, not an astroseg dataset")
+    assert "probabilities 2x8x8 float32" in err and "regenerate" not in err
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(tmp_path / "x.fits")
+    assert cli_main(["info", str(tmp_path / "x.fits")]) == 2
+    assert "a FITS image, not an astroseg dataset" in capsys.readouterr().err
+
+
+def test_hdf5_input_normalizes_on_request_and_refuses_fits_only_options(untrained, tmp_path,
+                                                                        capsys):
+    raw = (200 + 5000 * np.random.default_rng(2).random((3, 16, 16))).astype(np.float32)
+    raw[0, 2, 3] = np.nan
+    path, out = tmp_path / "in.h5", tmp_path / "o.h5"
+    with h5py.File(path, "w") as f:
+        f["images"] = raw
+    args = ["predict", str(path), "-o", str(out), "--model", str(untrained), "--device", "cpu"]
+    assert cli_main([*args, "--normalize"]) == 0
+    prob, _ = predict(load_model(untrained, "cpu"), raw, normalize=True)
+    with h5py.File(out, "r") as f:
+        np.testing.assert_allclose(f["probabilities"][:], prob, rtol=1e-5, atol=1e-6)
+        assert np.isnan(f["probabilities"][0, 2, 3])
+    assert cli_main([*args, "--bad-pixel-hdu", "DQ"]) == 2
+    assert "--bad-pixel-hdu applies to FITS input" in capsys.readouterr().err
+
+
+def test_every_option_has_help_and_shows_its_default():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.dest} has no help"
+            if action.default is not None:
+                assert f"(default: {action.default})" in text, (name, action.dest)
