@@ -4,31 +4,75 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from astroseg import __version__
 from astroseg.errors import run_main
 
 
-def _check_params(args: argparse.Namespace) -> None:
-    from astroseg.params import load_params
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that ends each option with its default, unless it has none (None)."""
 
-    load_params(args.params)
-    print(f"{args.params}: ok")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _check_params(args: argparse.Namespace) -> None:
+    from astroseg.params import dump_params, load_params
+
+    params = load_params(args.params)
+    # --show prints YAML only, so the output can be saved and read back as a params file.
+    if args.show:
+        print(dump_params(params), end="")
+    else:
+        print(f"{args.params}: ok")
+
+
+def _not_a_dataset(path: Path) -> str | None:
+    """What `path` holds instead, if it is an HDF5 file but not an astroseg dataset."""
+    import h5py
+
+    if not path.is_file() or not h5py.is_hdf5(path):
+        return None
+    with h5py.File(path, "r") as f:
+        if "schema_version" in f.attrs:
+            return None
+        found = [f"{k} {'x'.join(map(str, v.shape))} {v.dtype}" if isinstance(v, h5py.Dataset)
+                 else f"group {k}/" for k, v in f.items()]
+        what = "an `astroseg predict` output" if "model_sha256" in f.attrs else "an HDF5 file"
+    return (f"{path}: {what}, not an astroseg dataset (no schema_version attribute); it holds "
+            f"{', '.join(found) or 'nothing'}. `astroseg info` reads the file the prepare stage "
+            "writes (data/dataset.h5)")
 
 
 def _info(args: argparse.Namespace) -> None:
     from astroseg.dataset import read_attrs, split_sizes
+    from astroseg.errors import DataError
+    from astroseg.fits_io import is_fits
 
-    attrs = read_attrs(args.dataset)
+    path = Path(args.dataset)
+    if path.is_file() and is_fits(path):
+        raise DataError(f"{path}: a FITS image, not an astroseg dataset; `astroseg info` reads "
+                        "the HDF5 file the prepare stage writes (data/dataset.h5)")
+    problem = _not_a_dataset(path)
+    if problem:
+        raise DataError(problem)
+    attrs = read_attrs(path)
     print(f"{args.dataset}: schema {attrs['schema_version']}, source {attrs.get('source')}, "
           f"normalization {attrs.get('normalization')}, classes {attrs.get('class_names')}")
-    for name, shape in split_sizes(args.dataset).items():
+    for name, shape in split_sizes(path).items():
         print(f"  {name}: {shape[0]} images of {' x '.join(map(str, shape[1:]))}")
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
 
 
 def _predict(args: argparse.Namespace) -> None:
     from astroseg.errors import ParamsError
-    from astroseg.fits_io import is_fits, parse_hdu
+    from astroseg.fits_io import is_fits
 
     if args.batch_size < 1:
         raise ParamsError(f"--batch-size = {args.batch_size}: expected >= 1")
@@ -40,15 +84,21 @@ def _predict(args: argparse.Namespace) -> None:
         if args.window < 1:
             raise ParamsError(f"--window = {args.window}: expected >= 1")
         r = predict_fits(args.input, args.output, args.model, args.device, args.batch_size,
-                         args.threshold, args.window, args.overlap, parse_hdu(args.hdu),
-                         args.precision, args.tta)
+                         args.threshold, args.window, args.overlap, args.hdu,
+                         args.precision, args.tta, bad_pixel_hdu=args.bad_pixel_hdu,
+                         bad_pixels=args.bad_pixels, progress=True, notify=_note)
         print(f"{args.output}: probability and mask of {args.input} ({r.height}x{r.width}, "
               f"{r.windows} windows, {r.normalization} normalisation, {r.precision})")
         return
+    fits_only = [o for o, v in (("--bad-pixel-hdu", args.bad_pixel_hdu),
+                                ("--bad-pixels", args.bad_pixels), ("--hdu", args.hdu)) if v]
+    if fits_only:
+        raise ParamsError(f"{fits_only[0]} applies to FITS input; {args.input} is read as HDF5 "
+                          "(already normalised cut-outs)")
     from astroseg.predict import predict_h5
 
     n = predict_h5(args.input, args.output, args.model, args.device, args.batch_size,
-                   args.threshold, args.tta)
+                   args.threshold, args.tta, normalize=args.normalize)
     print(f"{args.output}: probabilities and masks for {n} images")
 
 
@@ -58,47 +108,70 @@ def _make_sky(args: argparse.Namespace) -> None:
 
     if args.fields < 1 or args.size < 32:
         raise ParamsError("--fields must be >= 1 and --size >= 32")
-    paths = write_sky(args.outdir, args.fields, args.size, args.seed)
+    paths = write_sky(args.outdir, args.fields, args.size, args.seed, overwrite=args.overwrite)
     print(f"{args.outdir}: wrote {len(paths)} fields of {args.size}x{args.size} "
           f"(images/*.fits, masks/*.fits)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `astroseg` command."""
-    parser = argparse.ArgumentParser(prog="astroseg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="astroseg", description=__doc__,
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"astroseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check-params", help="validate a params file without running anything")
-    check.add_argument("params", nargs="?", default="params.yaml")
+    check = sub.add_parser("check-params", help="validate a params file without running anything",
+                           formatter_class=_HelpFormatter)
+    check.add_argument("params", nargs="?", default="params.yaml", help="params file to check")
+    check.add_argument("--show", action="store_true", help="print the params with every default "
+                       "filled in (YAML), instead of 'ok'")
     check.set_defaults(func=_check_params)
-    info = sub.add_parser("info", help="summarise a dataset HDF5 file")
-    info.add_argument("dataset", nargs="?", default="data/dataset.h5")
+    info = sub.add_parser("info", help="summarise a dataset HDF5 file",
+                          formatter_class=_HelpFormatter)
+    info.add_argument("dataset", nargs="?", default="data/dataset.h5",
+                      help="dataset file written by the prepare stage")
     info.set_defaults(func=_info)
     pred = sub.add_parser("predict", help="segment an HDF5 stack of cut-outs or a FITS image",
+                          formatter_class=_HelpFormatter,
                           description="IN.h5 holds 'images' (N, H, W) normalised like training; "
                           "a FITS image of any size is normalised as the model was trained and "
                           "segmented with blended sliding windows, keeping its WCS.")
     pred.add_argument("input", help="HDF5 file with a dataset 'images', or a FITS image")
     pred.add_argument("-o", "--output", required=True, help="HDF5 or FITS file to write")
-    pred.add_argument("--model", default="models/model.pt")
-    pred.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    pred.add_argument("--batch-size", type=int, default=8)
-    pred.add_argument("--threshold", type=float, default=0.5)
-    pred.add_argument("--window", type=int, default=256, help="FITS: window side (pixels)")
+    pred.add_argument("--model", default="models/model.pt", help="checkpoint of the train stage")
+    pred.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                      help="auto = cuda if available, else cpu")
+    pred.add_argument("--batch-size", type=int, default=8, help="images (or windows) per forward "
+                      "pass")
+    pred.add_argument("--threshold", type=float, default=0.5,
+                      help="probability at or above which a pixel is a source in the mask")
+    pred.add_argument("--window", type=int, default=256, help="FITS: window side (pixels), "
+                      "rounded up to a multiple of the model's stride")
     pred.add_argument("--overlap", type=int, default=32, help="FITS: window overlap (pixels)")
-    pred.add_argument("--hdu", default=None, help="FITS: image HDU index or EXTNAME "
-                      "(default: the first HDU with an image)")
+    pred.add_argument("--hdu", default=None, metavar="HDU", help="FITS: image HDU index or "
+                      "EXTNAME (default: the model's data.fits.hdu, else the first HDU with an "
+                      "image; '' = the first HDU with an image)")
+    pred.add_argument("--bad-pixel-hdu", default=None, metavar="HDU", help="FITS: HDU of the "
+                      "same file flagging bad pixels, nonzero = bad, e.g. DQ (default: the "
+                      "model's data.fits.bad_pixel_hdu; '' = none)")
+    pred.add_argument("--bad-pixels", default=None, metavar="MAP", help="FITS: bad-pixel map file "
+                      "of the image's size, nonzero = bad (default: none)")
     pred.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                       help="FITS: auto = bf16 autocast where the device supports it natively")
     pred.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations of "
                       "every input (test-time augmentation: better edges, 8x the compute)")
+    pred.add_argument("--normalize", action="store_true", help="HDF5: the images are raw pixels; "
+                      "apply the model's training normalisation to each first (FITS input is "
+                      "always normalised)")
     pred.set_defaults(func=_predict)
     sky = sub.add_parser("make-sky", help="write example survey fields (FITS with WCS, BLANK "
-                         "pixels, BSCALE) and their masks, for the FITS workflow")
-    sky.add_argument("outdir")
-    sky.add_argument("--fields", type=int, default=6)
-    sky.add_argument("--size", type=int, default=512)
-    sky.add_argument("--seed", type=int, default=0)
+                         "pixels, BSCALE) and their masks, for the FITS workflow",
+                         formatter_class=_HelpFormatter)
+    sky.add_argument("outdir", help="directory to write images/ and masks/ into")
+    sky.add_argument("--fields", type=int, default=6, help="number of fields")
+    sky.add_argument("--size", type=int, default=512, help="side of each field (pixels)")
+    sky.add_argument("--seed", type=int, default=0, help="random seed")
+    sky.add_argument("--overwrite", action="store_true", help="replace the fields an earlier "
+                     "make-sky wrote there (field_*.fits) instead of refusing")
     sky.set_defaults(func=_make_sky)
     return parser
 

@@ -65,4 +65,4 @@ def test_tta_reaches_predict_and_its_cli(pipeline_outputs, tmp_path):
                      "--device", "cpu", "--tta"]) == 0
     with h5py.File(out, "r") as f:
         np.testing.assert_allclose(f["probabilities"][:], prob, atol=1e-6)
-        assert np.array_equal(f["masks"][:], mask) and bool(f.attrs["tta"])
+        assert np.array_equal(f["labels"][:], mask) and bool(f.attrs["tta"])
