@@ -99,7 +99,7 @@ def _predict(args: argparse.Namespace) -> None:
 
     n = predict_h5(args.input, args.output, args.model, args.device, args.batch_size,
                    args.threshold, args.tta, normalize=args.normalize)
-    print(f"{args.output}: probabilities and masks for {n} images")
+    print(f"{args.output}: probabilities and labels for {n} images")
 
 
 def _make_sky(args: argparse.Namespace) -> None:
@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     pred = sub.add_parser("predict", help="segment an HDF5 stack of cut-outs or a FITS image",
                           formatter_class=_HelpFormatter,
-                          description="IN.h5 holds 'images' (N, H, W) normalised like training; "
+                          description="IN.h5 holds 'images' (N, H, W) normalised like training (or raw, "
+                          "with --normalize); "
                           "a FITS image of any size is normalised as the model was trained and "
                           "segmented with blended sliding windows, keeping its WCS.")
     pred.add_argument("input", help="HDF5 file with a dataset 'images', or a FITS image")
