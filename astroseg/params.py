@@ -243,7 +243,7 @@ class TrainParams:
     min_lr_ratio: float = _p(0.01, ge=0, le=1)
     augment: bool = _p(True)
     early_stopping: int = _p(0, ge=0)
-    precision: str = _p("bf16", choices=("fp32", "bf16"))
+    precision: str = _p("auto", choices=("auto", "fp32", "bf16"))
     seed: int = _p(1234, ge=0)
     device: str = _p("auto", choices=("auto", "cpu", "cuda"))
     progress: bool = _p(True)

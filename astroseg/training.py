@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from astroseg.dataset import Split
+from astroseg.device import resolve_precision
 from astroseg.evaluation import as_tensors, evaluate
 from astroseg.history import EpochRecord
 from astroseg.losses import segmentation_loss
@@ -26,6 +27,7 @@ class TrainResult:
     history: list[EpochRecord]
     best_epoch: int
     best_state: dict[str, torch.Tensor]
+    precision: str = "fp32"   # what the training steps ran in ('auto' resolved)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -54,6 +56,7 @@ def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, lo
     the model for the initialisation (and dropout).
     """
     model.to(device)
+    precision = resolve_precision(cfg.precision, device)
     # The fused kernel updates all parameters in one pass; the default per-tensor loop spent
     # about an eighth of each CPU training step on optimizer bookkeeping.
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -65,7 +68,7 @@ def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, lo
     total_steps = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     history: list[EpochRecord] = []
-    best = TrainResult(history, 0, {})
+    best = TrainResult(history, 0, {}, precision)
     best_iou = -1.0
     step = 0
     for epoch in range(1, cfg.epochs + 1):
@@ -83,7 +86,7 @@ def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, lo
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total_steps, warmup, cfg.schedule,
                                                  cfg.min_lr_ratio)
-            with _autocast(device, cfg.precision):
+            with _autocast(device, precision):
                 logits = model(x)
             batch_loss = segmentation_loss(logits, y, loss).mean()
             optimizer.zero_grad(set_to_none=True)

@@ -7,7 +7,7 @@ import torch
 
 from astroseg.checkpoint import save_checkpoint
 from astroseg.dataset import load_split, read_attrs
-from astroseg.device import resolve_device
+from astroseg.device import resolve_device, resolve_precision
 from astroseg.errors import ParamsError, run_main
 from astroseg.history import EpochRecord, write_history
 from astroseg.models import build_model
@@ -39,7 +39,8 @@ def main() -> None:
         raise ParamsError(f"model.{config['name']}: {exc}") from None
     n_params = sum(p.numel() for p in model.parameters())
     print(f"train: {config['name']} with {n_params / 1e6:.2f} M parameters on {device} "
-          f"({cfg.precision}); {len(train)} train / {len(val)} val images")
+          f"({resolve_precision(cfg.precision, device)}); {len(train)} train / {len(val)} val "
+          "images")
 
     t0 = time.perf_counter()
 
@@ -53,7 +54,7 @@ def main() -> None:
     best = result.history[result.best_epoch - 1]
     meta = {"normalization": attrs.get("normalization", "minmax"), "class_names": class_names,
             "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-            "val_iou": best.val_iou}
+            "val_iou": best.val_iou, "precision": result.precision}
     if attrs.get("source") == "fits":
         # The HDUs read in training: `astroseg predict` reads a FITS image the same way.
         fits_params = attrs.get("params", {}).get("fits", {})

@@ -79,3 +79,22 @@ def test_lr_schedule_warms_up_then_decays_by_cosine():
     assert f[99] == pytest.approx(0.01, abs=0.001)
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
     assert lr_factor(50, 100, 0, "constant", 0.01) == 1.0
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively():
+    # Emulated bf16 made a training step ~20x slower on CPUs without AVX-512-BF16/AMX.
+    train, val = _split("train", 16), _split("val", 8)
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    runs = {}
+    for precision in ("auto", "fp32", "bf16"):
+        cfg = TrainParams(epochs=1, batch_size=8, progress=False, precision=precision)
+        torch.manual_seed(cfg.seed)
+        model = build_model(CONFIG)
+        result = train_model(model, train, val, cfg, LossParams(), torch.device("cpu"))
+        runs[precision] = (result.precision, model.state_dict())
+    assert runs["auto"][0] == ("bf16" if native else "fp32")
+    assert runs["fp32"][0] == "fp32" and runs["bf16"][0] == "bf16"
+    same = runs["bf16" if native else "fp32"][1]
+    assert all(torch.equal(v, same[k]) for k, v in runs["auto"][1].items())
+    other = runs["fp32" if native else "bf16"][1]
+    assert not all(torch.equal(v, other[k]) for k, v in runs["auto"][1].items())
