@@ -41,9 +41,12 @@ repro: $(STAMP)
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
-# `dvc exp show` without the ~130 columns of dependency hashes and unchanged params.
+# `dvc exp show` without the ~130 columns of file hashes, unchanged params, the loss, the
+# creation time and the sub-scores (spiral.*, pooled.*): IoU, Dice, precision, recall and the
+# params each experiment changed. The regexes are matched at the start of each column name.
+EXP_SHOW_DROP ?= .*/|^raw$$|^spiral|^pooled|^n_images$$|^threshold$$|^tta$$|^loss$$|^Created$$
 exp-show: $(STAMP)
-	$(BIN)/dvc exp show --no-pager --only-changed --drop '/|^raw$$'
+	$(BIN)/dvc exp show --no-pager --only-changed --drop '$(EXP_SHOW_DROP)'
 
 clean-venv:
 	rm -rf $(VENV)

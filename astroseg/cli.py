@@ -34,8 +34,11 @@ def _not_a_dataset(path: Path) -> str | None:
     """What `path` holds instead, if it is an HDF5 file but not an astroseg dataset."""
     import h5py
 
-    if not path.is_file() or not h5py.is_hdf5(path):
+    if not path.is_file():
         return None
+    if not h5py.is_hdf5(path):
+        return (f"{path}: not an HDF5 file, so not an astroseg dataset; `astroseg info` reads "
+                "the file the prepare stage writes (data/dataset.h5)")
     with h5py.File(path, "r") as f:
         if "schema_version" in f.attrs:
             return None
@@ -148,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--window", type=int, default=256, help="FITS: window side (pixels), "
                       "rounded up to a multiple of the model's stride")
     pred.add_argument("--overlap", type=int, default=32, help="FITS: window overlap (pixels)")
-    pred.add_argument("--hdu", default=None, metavar="HDU", help="FITS: image HDU index or "
-                      "EXTNAME (default: the model's data.fits.hdu, else the first HDU with an "
+    pred.add_argument("--hdu", default=None, metavar="HDU", help="FITS: image HDU index, "
+                      "EXTNAME or EXTNAME,EXTVER like SCI,2 (default: the model's data.fits.hdu, else the first HDU with an "
                       "image; '' = the first HDU with an image)")
     pred.add_argument("--bad-pixel-hdu", default=None, metavar="HDU", help="FITS: HDU of the "
                       "same file flagging bad pixels, nonzero = bad, e.g. DQ (default: the "

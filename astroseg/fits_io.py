@@ -52,9 +52,15 @@ def is_fits(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(FITS_SUFFIXES)
 
 
-def parse_hdu(value: str | None) -> int | str | None:
-    """An HDU as written in params or on the command line: "" / None = auto, digits = index."""
-    return None if not value else int(value) if value.isdigit() else value
+def parse_hdu(value: str | None) -> int | str | tuple[str, int] | None:
+    """An HDU as written in params or on the command line: "" / None = auto, digits = index,
+    NAME,VER = the VER-th extension of that name (SCI,2: the second chip of a multi-chip file)."""
+    if not value:
+        return None
+    if value.isdigit():
+        return int(value)
+    name, _, ver = value.rpartition(",")
+    return (name, int(ver)) if name and ver.strip().isdigit() else value
 
 
 def stem(path: str | os.PathLike) -> str:
@@ -75,7 +81,9 @@ def _describe(hdul: fits.HDUList) -> str:
             shape = f"{naxis[0]} rows"
         else:
             shape = "x".join(map(str, naxis)) if naxis and 0 not in naxis else "no data"
-        parts.append(f"{i}:{h.name or '?'} {type(h).__name__} ({shape})")
+        ver = h.header.get("EXTVER")   # several chips of one name: SCI,1 SCI,2 ...
+        name = f"{h.name or '?'},{ver}" if ver and h.name else h.name or "?"
+        parts.append(f"{i}:{name} {type(h).__name__} ({shape})")
     return "; ".join(parts)
 
 

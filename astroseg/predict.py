@@ -71,8 +71,8 @@ def _warn_if_unnormalised(model: nn.Module, images: np.ndarray) -> None:
     if lo < _TRAINED_RANGE[0] or hi > _TRAINED_RANGE[1]:
         warnings.warn(f"images range from {lo:.4g} to {hi:.4g}, but the model was trained on "
                       f"images normalised to [0, 1] ('{model_normalization(model)}'); pass "
-                      "normalize=True (astroseg predict on FITS does this) or normalise them "
-                      "first", stacklevel=3)
+                      "normalize=True (--normalize on the command line; FITS input is always "
+                      "normalised) or normalise them first", stacklevel=4)
 
 
 @torch.no_grad()

@@ -51,9 +51,10 @@ from astroseg.tiling import starts, window_weight
 # applies them to a map whose BUNIT says it is dimensionless.
 _VALUE_CARDS = re.compile(r"^(BUNIT|BTYPE|DATAMIN|DATAMAX|SATUR\w*|SATLEV\w*|(CCD|ATOD)?GAIN\w*|"
                           r"RDNOIS\w*|READNOI\w*|READNS\w*|RON|SKYLEV\w*|SKYSIG\w*)$")
-# WCS cards of a third (degenerate) axis of a single-plane cube.
-_AXIS3 = re.compile(r"^(CTYPE|CRVAL|CDELT|CRPIX|CUNIT|CROTA|CNAME|CRDER|CSYER)[3-9]$|"
-                    r"^(PC|CD)([3-9]_\d|\d_[3-9])$")
+# WCS cards of a third (degenerate) axis of a single-plane cube, primary or alternate (A-Z).
+_AXIS3 = re.compile(r"^(CTYPE|CRVAL|CDELT|CRPIX|CUNIT|CROTA|CNAME|CRDER|CSYER)[3-9][A-Z]?$|"
+                    r"^(PC|CD)([3-9]_\d|\d_[3-9])[A-Z]?$")
+_WCSAXES = re.compile(r"^WCSAXES[A-Z]?$")
 _BLOCK_ROWS = 512
 
 
@@ -76,10 +77,12 @@ def output_header(header: fits.Header | None, ndim: int) -> fits.Header:
     out = fits.Header()
     for card in (header or fits.Header()).cards:
         key = card.keyword
-        if STRUCTURAL.match(key) or _VALUE_CARDS.match(key) or (ndim > 2 and _AXIS3.match(key)):
+        # A HIERARCH card's last word names it: "ESO DET OUT1 GAIN" is a gain.
+        name = key.split()[-1] if key else key
+        if STRUCTURAL.match(key) or _VALUE_CARDS.match(name) or (ndim > 2 and _AXIS3.match(key)):
             continue
-        if ndim > 2 and key == "WCSAXES":
-            out["WCSAXES"] = 2
+        if ndim > 2 and _WCSAXES.match(key):
+            out[key] = 2
             continue
         out.append(card)
     return out

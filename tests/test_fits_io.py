@@ -10,7 +10,7 @@ from astropy.io import fits
 from PIL import Image
 
 from astroseg.errors import DataError
-from astroseg.fits_io import open_image, read_image, read_mask, stem
+from astroseg.fits_io import open_image, parse_hdu, read_image, read_mask, stem
 from astroseg.normalize import METHODS, fit_field, normalize_array
 from astroseg.tiling import cut_tiles, ramp, starts, window_weight
 
@@ -66,6 +66,17 @@ def test_missing_hdu_of_a_scaled_file_is_described_from_headers(tmp_path):
         open_image(tmp_path / "s.fits", "DQ")
     with pytest.raises(DataError, match=re.escape("no HDU 'DQ' (bad-pixel flags)")):
         open_image(tmp_path / "s.fits", None, "DQ")
+
+
+def test_a_chip_of_a_multi_chip_file_is_chosen_by_name_and_version(tmp_path):
+    chips = [fits.ImageHDU(np.full((4, 6), float(v), np.float32), name="SCI", ver=v)
+             for v in (1, 2)]
+    fits.HDUList([fits.PrimaryHDU(), *chips]).writeto(tmp_path / "mef.fits")
+    assert parse_hdu("SCI,2") == ("SCI", 2) and parse_hdu("SCI") == "SCI" and parse_hdu("3") == 3
+    data, _, _ = read_image(tmp_path / "mef.fits", parse_hdu("SCI,2"))
+    assert (data == 2).all()
+    with pytest.raises(DataError, match=re.escape("1:SCI,1 ImageHDU (4x6); 2:SCI,2 ImageHDU")):
+        open_image(tmp_path / "mef.fits", parse_hdu("SCI,3"))
 
 
 def test_bad_pixel_hdu_and_map_flag_pixels_and_must_match_the_image(tmp_path):

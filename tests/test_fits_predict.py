@@ -172,6 +172,32 @@ def test_output_drops_cards_about_input_values_and_keeps_inherited_wcs(untrained
         assert hdul[0].header["BUNIT"] == "" and "BUNIT" not in hdul["MASK"].header
 
 
+def test_output_drops_hierarch_value_cards_and_a_cubes_alternate_third_axis(untrained, tmp_path):
+    cube = np.random.default_rng(2).random((1, 64, 64), np.float32)
+    header = fits.Header()
+    for key in ("", "A"):   # the primary WCS and an alternate one, both 3-D like the cube
+        header.update({f"WCSAXES{key}": 3, f"CTYPE1{key}": "RA---TAN", f"CTYPE2{key}": "DEC--TAN",
+                       f"CTYPE3{key}": "FREQ", f"CRVAL1{key}": 150.0, f"CRVAL2{key}": 2.0,
+                       f"CRVAL3{key}": 1.4e9, f"CRPIX1{key}": 32.0, f"CRPIX2{key}": 32.0,
+                       f"CRPIX3{key}": 1.0, f"CDELT1{key}": -5e-5, f"CDELT2{key}": 5e-5,
+                       f"CDELT3{key}": 1e6})
+    header["HIERARCH ESO DET OUT1 GAIN"] = 2.5
+    header["HIERARCH ESO DET SATURATION"] = 60000.0
+    header["HIERARCH ESO OBS NAME"] = "deep field"
+    fits.PrimaryHDU(cube, header).writeto(tmp_path / "cube.fits")
+    predict_fits(tmp_path / "cube.fits", tmp_path / "out.fits", untrained, "cpu", window=64)
+    with fits.open(tmp_path / "out.fits") as hdul:
+        for h in hdul:
+            keys = set(h.header)
+            assert "ESO DET OUT1 GAIN" not in keys and "ESO DET SATURATION" not in keys
+            assert h.header["ESO OBS NAME"] == "deep field"
+            for key in ("", "A"):
+                w = WCS(h.header, key=key or " ")
+                assert w.naxis == 2 and w.has_celestial
+                ra, dec = w.wcs_pix2world([[31.0, 31.0]], 0)[0]
+                assert (ra, dec) == pytest.approx((150.0, 2.0))
+
+
 def test_window_rounded_up_to_the_stride_says_so(untrained, tmp_path, capsys):
     image = tmp_path / "img.fits"
     fits.PrimaryHDU(np.random.default_rng(1).random((60, 70), np.float32)).writeto(image)
@@ -210,6 +236,10 @@ def test_info_says_what_a_non_dataset_file_holds(tmp_path, capsys):
     fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(tmp_path / "x.fits")
     assert cli_main(["info", str(tmp_path / "x.fits")]) == 2
     assert "a FITS image, not an astroseg dataset" in capsys.readouterr().err
+    (tmp_path / "notes.md").write_text("# not data\n")
+    assert cli_main(["info", str(tmp_path / "notes.md")]) == 2
+    err = capsys.readouterr().err
+    assert "notes.md: not an HDF5 file, so not an astroseg dataset" in err and "corrupt" not in err
 
 
 def test_hdf5_input_normalizes_on_request_and_refuses_fits_only_options(untrained, tmp_path,
