@@ -51,9 +51,9 @@ def _not_a_dataset(path: Path) -> str | None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from astroseg.dataset import read_attrs, split_sizes
+    from astroseg.data.dataset import read_attrs, split_sizes
     from astroseg.errors import DataError
-    from astroseg.fits_io import is_fits
+    from astroseg.data.fits_io import is_fits
 
     path = Path(args.dataset)
     if path.is_file() and is_fits(path):
@@ -75,14 +75,14 @@ def _note(message: str) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     from astroseg.errors import ParamsError
-    from astroseg.fits_io import is_fits
+    from astroseg.data.fits_io import is_fits
 
     if args.batch_size < 1:
         raise ParamsError(f"--batch-size = {args.batch_size}: expected >= 1")
     if not 0 < args.threshold < 1:
         raise ParamsError(f"--threshold = {args.threshold}: expected between 0 and 1")
     if is_fits(args.input):
-        from astroseg.predict_fits import predict_fits
+        from astroseg.infer.predict_fits import predict_fits
 
         if args.window < 1:
             raise ParamsError(f"--window = {args.window}: expected >= 1")
@@ -98,7 +98,7 @@ def _predict(args: argparse.Namespace) -> None:
     if fits_only:
         raise ParamsError(f"{fits_only[0]} applies to FITS input; {args.input} is read as HDF5 "
                           "(already normalised cut-outs)")
-    from astroseg.predict import predict_h5
+    from astroseg.infer.predict import predict_h5
 
     n = predict_h5(args.input, args.output, args.model, args.device, args.batch_size,
                    args.threshold, args.tta, normalize=args.normalize)
@@ -107,7 +107,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _make_sky(args: argparse.Namespace) -> None:
     from astroseg.errors import ParamsError
-    from astroseg.sky import write_sky
+    from astroseg.data.sky import write_sky
 
     if args.fields < 1 or args.size < 32:
         raise ParamsError("--fields must be >= 1 and --size >= 32")

@@ -21,12 +21,12 @@ import time
 import numpy as np
 import torch
 
-from astroseg.dataset import Split
-from astroseg.evaluation import evaluate
+from astroseg.data.dataset import Split
+from astroseg.scoring.evaluation import evaluate
 from astroseg.models import build_model
 from astroseg.params import load_params
-from astroseg.synthetic import generate
-from astroseg.training import train_model
+from astroseg.data.synthetic import generate
+from astroseg.train.loop import train_model
 
 SEED_RECIPE = {"lr": 3e-4, "weight_decay": 1e-4, "schedule": "constant", "warmup_epochs": 0.0,
                "augment": False, "precision": "fp32"}

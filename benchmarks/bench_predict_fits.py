@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_predict_fits.py [--size 4096] [--model models/model.pt]
                                                       [--device cpu|cuda]
 
-Writes a SIZE x SIZE float32 example field (astroseg.sky) to a temp dir, then runs in turn, each
+Writes a SIZE x SIZE float32 example field (astroseg.data.sky) to a temp dir, then runs in turn, each
 in a fresh subprocess so peak RSS (ru_maxrss) is its own:
   naive     the seed's way scaled up: read the whole image, normalise it, cut non-overlapping
             128x128 tiles, predict them in batches, paste the tiles back (seams at every tile
@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def naive(image_path: str, model_path: str, out_path: str, device: str) -> None:
     """Whole image in memory, non-overlapping tiles, no blending."""
-    from astroseg.checkpoint import load_checkpoint
-    from astroseg.fits_io import read_image
-    from astroseg.normalize import normalize_array
-    from astroseg.predict import predict
+    from astroseg.models.checkpoint import load_checkpoint
+    from astroseg.data.fits_io import read_image
+    from astroseg.data.normalize import normalize_array
+    from astroseg.infer.predict import predict
 
     model, payload = load_checkpoint(model_path, device)
     data, valid, header = read_image(image_path)
@@ -57,7 +57,7 @@ def child(mode: str, image: str, model: str, out: str, device: str) -> None:
     if mode == "naive":
         naive(image, model, out, device)
     else:
-        from astroseg.predict_fits import predict_fits
+        from astroseg.infer.predict_fits import predict_fits
         predict_fits(image, out, model, device, precision="bf16" if mode.endswith("bf16") else "fp32")
     if device == "cuda":
         torch.cuda.synchronize()
@@ -80,7 +80,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads{gpu}, "
           f"torch {torch.__version__}; image {args.size}x{args.size} float32")
     with tempfile.TemporaryDirectory() as tmp:
-        from astroseg.sky import render_field
+        from astroseg.data.sky import render_field
         counts, _, _ = render_field(0, args.size, seed=0)
         image = Path(tmp) / "big.fits"
         fits.PrimaryHDU(counts.astype(np.float32)).writeto(image)

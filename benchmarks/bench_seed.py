@@ -17,7 +17,7 @@ import torch
 
 from astroseg.models import build_model
 from astroseg.params import DataParams, TinySegFormerParams
-from astroseg.synthetic import generate
+from astroseg.data.synthetic import generate
 from seed_reference import SeedTinySegFormer, make_sample
 from timing import interleaved_medians, train_step
 

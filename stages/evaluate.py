@@ -3,12 +3,12 @@
 import sys
 
 from astroseg.atomic import write_json
-from astroseg.checkpoint import load_checkpoint
-from astroseg.dataset import load_split, read_attrs
+from astroseg.models.checkpoint import load_checkpoint
+from astroseg.data.dataset import load_split, read_attrs
 from astroseg.device import resolve_device
 from astroseg.errors import DataError, run_main
-from astroseg.evaluation import evaluate
-from astroseg.examples import Examples, save_examples
+from astroseg.scoring.evaluation import evaluate
+from astroseg.scoring.examples import Examples, save_examples
 from astroseg.params import load_params
 
 DATA = "data/dataset.h5"

@@ -3,12 +3,12 @@
 import sys
 from pathlib import Path
 
-from astroseg.dataset import load_split
+from astroseg.data.dataset import load_split
 from astroseg.errors import ParamsError, run_main
-from astroseg.examples import load_examples
-from astroseg.history import read_history
+from astroseg.scoring.examples import load_examples
+from astroseg.train.history import read_history
 from astroseg.params import load_params
-from astroseg.plotting import plot_predictions, plot_samples, plot_training_curves
+from astroseg.figures.plotting import plot_predictions, plot_samples, plot_training_curves
 
 DATA = "data/dataset.h5"
 HISTORY = "metrics/train_history.tsv"

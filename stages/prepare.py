@@ -5,11 +5,11 @@ import time
 
 import numpy as np
 
-from astroseg.dataset import SPLITS, DatasetWriter
+from astroseg.data.dataset import SPLITS, DatasetWriter
 from astroseg.errors import run_main
-from astroseg.fits_source import write_fits_dataset
+from astroseg.data.fits_source import write_fits_dataset
 from astroseg.params import DataParams, load_params
-from astroseg.synthetic import generate
+from astroseg.data.synthetic import generate
 
 OUT = "data/dataset.h5"
 META_DTYPES = {"n_sources": np.uint8, "has_bar": np.bool_, "has_spiral": np.bool_}

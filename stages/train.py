@@ -5,14 +5,14 @@ import time
 
 import torch
 
-from astroseg.checkpoint import save_checkpoint
-from astroseg.dataset import load_split, read_attrs
+from astroseg.models.checkpoint import save_checkpoint
+from astroseg.data.dataset import load_split, read_attrs
 from astroseg.device import resolve_device, resolve_precision
 from astroseg.errors import ParamsError, run_main
-from astroseg.history import EpochRecord, write_history
+from astroseg.train.history import EpochRecord, write_history
 from astroseg.models import build_model
 from astroseg.params import load_params
-from astroseg.training import train_model
+from astroseg.train.loop import train_model
 
 DATA = "data/dataset.h5"
 MODEL = "models/model.pt"

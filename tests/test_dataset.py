@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from astroseg.dataset import SCHEMA_VERSION, Split, load_split, read_attrs, split_sizes, write_splits
+from astroseg.data.dataset import SCHEMA_VERSION, Split, load_split, read_attrs, split_sizes, write_splits
 from astroseg.errors import DataError
 from conftest import run_stage, tiny_params, write_params
 

@@ -10,9 +10,9 @@ from astropy.io import fits
 from PIL import Image
 
 from astroseg.errors import DataError
-from astroseg.fits_io import open_image, parse_hdu, read_image, read_mask, stem
-from astroseg.normalize import METHODS, fit_field, normalize_array
-from astroseg.tiling import cut_tiles, ramp, starts, window_weight
+from astroseg.data.fits_io import open_image, parse_hdu, read_image, read_mask, stem
+from astroseg.data.normalize import METHODS, fit_field, normalize_array
+from astroseg.data.tiling import cut_tiles, ramp, starts, window_weight
 
 
 def test_scaled_integers_with_blank_become_native_float_with_invalid_pixels(tmp_path):

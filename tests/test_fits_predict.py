@@ -14,16 +14,16 @@ import torch
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from astroseg.checkpoint import save_checkpoint
+from astroseg.models.checkpoint import save_checkpoint
 from astroseg.cli import build_parser
 from astroseg.cli import main as cli_main
-from astroseg.dataset import load_split, read_attrs
+from astroseg.data.dataset import load_split, read_attrs
 from astroseg.errors import DataError
 from astroseg.models import build_model
-from astroseg.normalize import Normalization
-from astroseg.predict import load_model, predict
-from astroseg.predict_fits import normalized_input, predict_fits
-from astroseg.sky import write_sky
+from astroseg.data.normalize import Normalization
+from astroseg.infer.predict import load_model, predict
+from astroseg.infer.predict_fits import normalized_input, predict_fits
+from astroseg.data.sky import write_sky
 from conftest import ROOT, run_stage, tiny_params, write_params
 
 SIZE, TILE = 96, 48

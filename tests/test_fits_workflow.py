@@ -13,11 +13,11 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from astroseg.cli import main as cli_main
-from astroseg.dataset import load_split, read_attrs
-from astroseg.fits_io import read_image
-from astroseg.normalize import Normalization
-from astroseg.predict_fits import predict_fits
-from astroseg.sky import render_field, write_sky
+from astroseg.data.dataset import load_split, read_attrs
+from astroseg.data.fits_io import read_image
+from astroseg.data.normalize import Normalization
+from astroseg.infer.predict_fits import predict_fits
+from astroseg.data.sky import render_field, write_sky
 from conftest import run_stage, tiny_params, write_params
 
 FITS_PARAMS = {"data": {"source": "fits", "normalize": "asinh",
@@ -233,7 +233,7 @@ def test_windows_blend_without_seams_and_shifts_commute(pipeline_outputs, big_im
 def test_multi_class_model_writes_a_map_per_class(big_image, tmp_path):
     import torch
 
-    from astroseg.checkpoint import save_checkpoint
+    from astroseg.models.checkpoint import save_checkpoint
     from astroseg.models import build_model
 
     config = {"name": "segformer", "num_classes": 3, "dims": [8, 16], "depths": [1, 1],

@@ -9,11 +9,11 @@ import pytest
 import torch
 from astropy.io import fits
 
-from astroseg.dataset import load_split
-from astroseg.history import read_history
-from astroseg.predict import load_model, predict
-from astroseg.predict_fits import predict_fits
-from astroseg.sky import write_sky
+from astroseg.data.dataset import load_split
+from astroseg.train.history import read_history
+from astroseg.infer.predict import load_model, predict
+from astroseg.infer.predict_fits import predict_fits
+from astroseg.data.sky import write_sky
 from conftest import run_stage, tiny_params, write_params
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from astroseg.losses import cross_entropy, probabilities, segmentation_loss, soft_dice_loss
-from astroseg.metrics import confusion_counts, pooled_scores, predict_labels, scores_from_counts
+from astroseg.scoring.losses import cross_entropy, probabilities, segmentation_loss, soft_dice_loss
+from astroseg.scoring.metrics import confusion_counts, pooled_scores, predict_labels, scores_from_counts
 from astroseg.params import LossParams
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from astroseg.checkpoint import load_checkpoint, save_checkpoint
+from astroseg.models.checkpoint import load_checkpoint, save_checkpoint
 from astroseg.errors import DataError
 from astroseg.models import build_model
 from astroseg.models.tiny_segformer import patch_kernel

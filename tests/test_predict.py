@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from astroseg.cli import main as cli_main
-from astroseg.dataset import load_split
+from astroseg.data.dataset import load_split
 from astroseg.errors import DataError
-from astroseg.normalize import normalize_array
-from astroseg.predict import load_model, predict
+from astroseg.data.normalize import normalize_array
+from astroseg.infer.predict import load_model, predict
 
 
 def test_predict_matches_a_direct_forward_pass(pipeline_outputs):

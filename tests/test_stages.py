@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from astroseg.history import read_history
+from astroseg.train.history import read_history
 from conftest import run_stage, tiny_params, write_params
 
 OUTPUTS = ["data/dataset.h5", "models/model.pt", "metrics/train_history.tsv",

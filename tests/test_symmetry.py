@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from astroseg.cli import main as cli_main
-from astroseg.dataset import load_split
+from astroseg.data.dataset import load_split
 from astroseg.models import build_model
-from astroseg.predict import load_model, predict
-from astroseg.symmetry import N_OPS, augment, averaged_logits, inverse, transform
+from astroseg.infer.predict import load_model, predict
+from astroseg.models.symmetry import N_OPS, augment, averaged_logits, inverse, transform
 
 
 def test_transforms_are_the_eight_distinct_symmetries_and_invert():

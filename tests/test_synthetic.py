@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from astroseg.params import DataParams
-from astroseg.synthetic import generate, render
+from astroseg.data.synthetic import generate, render
 
 P = DataParams(height=64, width=64, galaxies=dataclasses.replace(DataParams().galaxies, margin=12.0))
 

@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from astroseg.dataset import Split
+from astroseg.data.dataset import Split
 from astroseg.models import build_model
 from astroseg.params import DataParams, LossParams, TrainParams
-from astroseg.synthetic import render
-from astroseg.training import lr_factor, train_model
+from astroseg.data.synthetic import render
+from astroseg.train.loop import lr_factor, train_model
 
 DATA = DataParams(height=32, width=32,
                   galaxies=dataclasses.replace(DataParams().galaxies, margin=8.0, a=(3.0, 6.0),

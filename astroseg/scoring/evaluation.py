@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from astroseg.dataset import Split
-from astroseg.losses import probabilities, segmentation_loss
-from astroseg.metrics import (SCORES, confusion_counts, pooled_scores, predict_labels,
+from astroseg.data.dataset import Split
+from astroseg.scoring.losses import probabilities, segmentation_loss
+from astroseg.scoring.metrics import (SCORES, confusion_counts, pooled_scores, predict_labels,
                               scores_from_counts)
 from astroseg.params import LossParams
-from astroseg.symmetry import averaged_logits
+from astroseg.models.symmetry import averaged_logits
 
 
 @dataclass

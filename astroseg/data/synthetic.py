@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from astroseg.normalize import normalize_array
+from astroseg.data.normalize import normalize_array
 from astroseg.params import DataParams
 
 SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}
@@ -122,7 +122,7 @@ def render(p: DataParams, split: str, indices: range, raw: bool = False) -> Chun
         np.add.at(images, si, p.spiral.amplitude * ridge.astype(f32))
 
     if not raw and p.normalize == "minmax":
-        # Vectorised form of astroseg.normalize's minmax, the same arithmetic per image.
+        # Vectorised form of astroseg.data.normalize's minmax, the same arithmetic per image.
         images -= images.min(axis=(1, 2), keepdims=True)
         images /= images.max(axis=(1, 2), keepdims=True) + f32(1e-6)
     elif not raw:

@@ -1,6 +1,6 @@
 """Apply a trained model to new images: numpy in, probabilities and predicted labels out.
 
-    from astroseg.predict import load_model, predict
+    from astroseg.infer.predict import load_model, predict
     model = load_model("models/model.pt")
     prob, labels = predict(model, raw, normalize=True)   # raw pixels, e.g. counts from a FITS file
     prob, labels = predict(model, images)                # already normalised like the training data
@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from astroseg.atomic import atomic_output
-from astroseg.checkpoint import load_checkpoint
+from astroseg.models.checkpoint import load_checkpoint
 from astroseg.device import resolve_device
 from astroseg.errors import DataError
-from astroseg.losses import probabilities
-from astroseg.metrics import predict_labels
-from astroseg.normalize import check_method, normalize_array
-from astroseg.symmetry import averaged_logits
+from astroseg.scoring.losses import probabilities
+from astroseg.scoring.metrics import predict_labels
+from astroseg.data.normalize import check_method, normalize_array
+from astroseg.models.symmetry import averaged_logits
 
 # Normalised training inputs lie in [0, 1]; beyond this margin an input was not normalised.
 _TRAINED_RANGE = (-0.5, 1.5)

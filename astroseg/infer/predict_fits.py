@@ -3,7 +3,7 @@
 The input is read in row strips through astropy's section access (memory-mapped where the file
 allows), normalised with the method the model was trained with (from the checkpoint), and cut
 into `window`-sized windows that overlap by `overlap` pixels. Each window's probabilities are
-weighted by a raised-cosine ramp (astroseg.tiling.window_weight) and accumulated in a strip
+weighted by a raised-cosine ramp (astroseg.data.tiling.window_weight) and accumulated in a strip
 buffer one window-row high; rows no later window touches are final and go to a disk-backed
 array. Memory is O(window x width), not O(image). The output FITS has:
   HDU 0 (PRIMARY)  float32 probability of a source (1 - P(background) when multi-class); NaN
@@ -14,7 +14,7 @@ array. Memory is O(window x width), not O(image). The output FITS has:
 Every HDU carries the input's WCS and header cards (with INHERIT = T, the primary's too), plus
 provenance keywords (AS*), except the cards that describe the input's pixel values (see
 _VALUE_CARDS): a probability map must not claim BUNIT = 'count' or the input's SATURATE.
-Bad pixels are read as in dataset preparation (astroseg.fits_io.open_image): by default the
+Bad pixels are read as in dataset preparation (astroseg.data.fits_io.open_image): by default the
 image and bad-pixel HDUs the model was trained with (checkpoint meta "fits"), and flagged
 pixels are NaN in the probabilities and 0 in MASK, like NaN/BLANK input pixels.
 """
@@ -36,13 +36,13 @@ from tqdm import tqdm
 
 from astroseg import __version__
 from astroseg.atomic import atomic_output
-from astroseg.checkpoint import load_checkpoint
+from astroseg.models.checkpoint import load_checkpoint
 from astroseg.device import resolve_device, resolve_precision
 from astroseg.errors import DataError, ParamsError
-from astroseg.fits_io import STRUCTURAL, HDUNotFound, ImageSource, open_image, parse_hdu
-from astroseg.normalize import Normalization, check_method, fit_field
-from astroseg.predict import file_sha256, predict
-from astroseg.tiling import starts, window_weight
+from astroseg.data.fits_io import STRUCTURAL, HDUNotFound, ImageSource, open_image, parse_hdu
+from astroseg.data.normalize import Normalization, check_method, fit_field
+from astroseg.infer.predict import file_sha256, predict
+from astroseg.data.tiling import starts, window_weight
 
 # Cards that state something about the input's pixel values, false of a probability or a mask:
 # their unit, type and range, levels in those units, and the detector's conversion of them.

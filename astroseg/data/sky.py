@@ -27,7 +27,7 @@ from astropy.wcs import WCS
 
 from astroseg.atomic import atomic_output
 from astroseg.errors import DataError
-from astroseg.fits_io import PNG_SUFFIXES, is_fits
+from astroseg.data.fits_io import PNG_SUFFIXES, is_fits
 from astroseg.params import DataParams
 
 SKY_LEVEL = 200.0      # counts

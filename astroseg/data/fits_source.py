@@ -2,7 +2,7 @@
 
 A field is one image file. Fields, not tiles, are assigned to train/val/test (shuffled with
 `data.seed`), so overlapping neighbours of one field never straddle two splits. Each field is
-normalised as a whole (astroseg.normalize) and cut into `tile` x `tile` windows every `stride`
+normalised as a whole (astroseg.data.normalize) and cut into `tile` x `tile` windows every `stride`
 pixels; tiles with no valid pixel (or, with `skip_empty`, no source pixel) are dropped.
 Invalid pixels are 0 in `images`, background in `masks` and 0 in the per-tile `valid` map.
 """
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from astroseg.dataset import SPLITS, DatasetWriter
+from astroseg.data.dataset import SPLITS, DatasetWriter
 from astroseg.errors import DataError
-from astroseg.fits_io import check_same_shape, open_image, parse_hdu, read_mask, stem
-from astroseg.normalize import Normalization, normalize_array
+from astroseg.data.fits_io import check_same_shape, open_image, parse_hdu, read_mask, stem
+from astroseg.data.normalize import Normalization, normalize_array
 from astroseg.params import DataParams, FitsParams
-from astroseg.tiling import cut_tiles, pad_to
+from astroseg.data.tiling import cut_tiles, pad_to
 
 META_DTYPES = {"field": np.int32, "y": np.int32, "x": np.int32, "valid_fraction": np.float32}
 

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from astroseg.dataset import Split
+from astroseg.data.dataset import Split
 from astroseg.device import resolve_precision
-from astroseg.evaluation import as_tensors, evaluate
-from astroseg.history import EpochRecord
-from astroseg.losses import segmentation_loss
+from astroseg.scoring.evaluation import as_tensors, evaluate
+from astroseg.train.history import EpochRecord
+from astroseg.scoring.losses import segmentation_loss
 from astroseg.params import LossParams, TrainParams
-from astroseg.symmetry import augment
+from astroseg.models.symmetry import augment
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Figures: the PNG plots of the pipeline."""

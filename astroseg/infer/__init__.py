@@ -1,0 +1,1 @@
+"""Inference: arrays and HDF5 files, and sliding-window FITS segmentation."""

@@ -1,0 +1,1 @@
+"""Scoring a model: losses, pixel metrics, evaluation over a split, example predictions."""
