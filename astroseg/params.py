@@ -247,6 +247,19 @@ class TrainParams:
     seed: int = _p(1234, ge=0)
     device: str = _p("auto", choices=("auto", "cpu", "cuda"))
     progress: bool = _p(True)
+    lr_scaling: str = _p("none", choices=("none", "sqrt", "linear"))
+    lr_batch: int = _p(16, ge=1)
+    nproc: int = _p(1, ge=1)
+    data_on_device: str = _p("auto", choices=("auto", "true", "false"))
+    compile: str = _p("false", choices=("false", "true", "reduce-overhead", "max-autotune",
+                                        "max-autotune-no-cudagraphs"))
+    log_every: int = _p(50, ge=1)
+    checkpoint_minutes: float = _p(10.0, ge=0)
+
+    def peak_lr(self) -> float:
+        """`lr` scaled from `lr_batch` images per step to `batch_size` by the `lr_scaling` rule."""
+        ratio = self.batch_size / self.lr_batch
+        return self.lr * {"none": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[self.lr_scaling]
 
 
 # ---------------------------------------------------------------- evaluate, plots
@@ -374,6 +387,8 @@ def _parse_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
     if hint is str:
         if key.endswith("hdu") and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # an HDU is an index or an EXTNAME
+        if isinstance(value, bool) and "true" in (meta["choices"] or ()):
+            value = "true" if value else "false"   # YAML's true in a choice such as auto|true|false
         if not isinstance(value, str):
             raise ParamsError(f"{key} = {_describe(value)}: expected a string")
         if meta["choices"] and value not in meta["choices"]:

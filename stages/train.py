@@ -1,68 +1,106 @@
-"""train: data/dataset.h5 + params `model.*`, `loss.*`, `train.*` -> models/model.pt + history."""
+"""train: data/dataset.h5 + params `model.*`, `loss.*`, `train.*` -> models/model.pt + history.
+
+Runs as one process, or as every rank of a torchrun job (`train.nproc > 1` starts torchrun
+itself). The training state in .astroseg/ lets a rerun resume an interrupted run.
+"""
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from astroseg.models.checkpoint import save_checkpoint
 from astroseg.data.dataset import load_split, read_attrs
-from astroseg.device import resolve_device, resolve_precision
+from astroseg.device import resolve_precision
 from astroseg.errors import ParamsError, run_main
-from astroseg.train.history import EpochRecord, write_history
 from astroseg.models import build_model
-from astroseg.params import load_params
+from astroseg.models.checkpoint import save_checkpoint
+from astroseg.params import Params, load_params, to_dict
+from astroseg.train import distributed
+from astroseg.train.history import EpochRecord, write_history
 from astroseg.train.loop import train_model
+from astroseg.train.resume import Checkpointer, fingerprint, package_code, stop_signals
 
 DATA = "data/dataset.h5"
 MODEL = "models/model.pt"
 HISTORY = "metrics/train_history.tsv"
+STATE = ".astroseg/train_state.pt"
+# Params that change how a run is watched or spread over processes, not what it computes.
+NOT_IN_RESULT = ("progress", "log_every", "checkpoint_minutes", "nproc", "data_on_device")
 
 
-def main() -> None:
-    params = load_params()
-    cfg = params.train
-    device = resolve_device(cfg.device, "train.device")
-    attrs = read_attrs(DATA)
+def _checked_model(params: Params, attrs: dict,
+                   image_shape: tuple[int, ...]) -> tuple[torch.nn.Module, dict]:
+    """The model the params describe, checked against the dataset's classes and image shape."""
     class_names = attrs.get("class_names", ["background", "source"])
     k = params.model.num_classes
     if k != 1 and k != len(class_names):
         raise ParamsError(f"model.num_classes = {k}: {DATA} has {len(class_names)} classes "
                           f"{class_names}; use 1 (binary) or {len(class_names)}")
-    train, val = load_split(DATA, "train"), load_split(DATA, "val")
-    config = {**params.model.config(), "image_size": list(train.images.shape[1:])}
-
-    torch.manual_seed(cfg.seed)
+    config = {**params.model.config(), "image_size": list(image_shape)}
+    torch.manual_seed(params.train.seed)
     try:
-        model = build_model(config)
+        return build_model(config), config
     except ValueError as exc:
         raise ParamsError(f"model.{config['name']}: {exc}") from None
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"train: {config['name']} with {n_params / 1e6:.2f} M parameters on {device} "
-          f"({resolve_precision(cfg.precision, device)}); {len(train)} train / {len(val)} val "
-          "images")
 
-    t0 = time.perf_counter()
 
-    def report(r: EpochRecord) -> None:
-        print(f"epoch {r.epoch:3d} | train loss {r.train_loss:.4f} | val loss {r.val_loss:.4f} "
-              f"| IoU {r.val_iou:.4f} | Dice {r.val_dice:.4f} | lr {r.lr:.2e} "
-              f"| {time.perf_counter() - t0:6.1f} s", flush=True)
+def main() -> None:
+    params = load_params()
+    cfg = params.train
+    attrs = read_attrs(DATA)
+    shape = load_split(DATA, "train", limit=1).images.shape[1:]
+    model, config = _checked_model(params, attrs, shape)   # before any rank starts: errors once
+    if cfg.nproc > 1 and not distributed.launched_by_torchrun():
+        distributed.relaunch_under_torchrun(cfg.nproc, __file__)    # does not return
+    dist, device = distributed.init(cfg.device)
+    say = print if dist.main else (lambda *a, **k: None)
+    try:
+        train, val = load_split(DATA, "train"), load_split(DATA, "val")
+        n_params = sum(p.numel() for p in model.parameters())
+        ranks = f" x {dist.world} ranks" if dist.world > 1 else ""
+        say(f"train: {config['name']} with {n_params / 1e6:.2f} M parameters on {device}{ranks} "
+            f"({resolve_precision(cfg.precision, device)}); {len(train)} train / {len(val)} val "
+            "images")
+        left = len(train) % cfg.batch_size
+        if 0 < left < dist.world:
+            say(f"train: the last {left} image(s) of each epoch's shuffled order are skipped: "
+                f"a global batch needs one image per rank (train.batch_size = {cfg.batch_size})")
+        recorded = to_dict(params)
+        recorded["train"] = {k: v for k, v in recorded["train"].items() if k not in NOT_IN_RESULT}
+        key = fingerprint({s: recorded[s] for s in ("model", "loss", "train")}, DATA,
+                          package_code(__file__))
+        t0 = time.perf_counter()
 
-    result = train_model(model, train, val, cfg, params.loss, device, on_epoch=report)
-    model.load_state_dict(result.best_state)
-    best = result.history[result.best_epoch - 1]
-    meta = {"normalization": attrs.get("normalization", "minmax"), "class_names": class_names,
-            "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-            "val_iou": best.val_iou, "precision": result.precision}
-    if attrs.get("source") == "fits":
-        # The HDUs read in training: `astroseg predict` reads a FITS image the same way.
-        fits_params = attrs.get("params", {}).get("fits", {})
-        meta["fits"] = {k: fits_params.get(k, "") for k in ("hdu", "bad_pixel_hdu", "bad_pixels")}
-    save_checkpoint(MODEL, model, config, meta)
-    write_history(HISTORY, result.history)
-    print(f"train: kept epoch {result.best_epoch} (val IoU {best.val_iou:.4f}); wrote {MODEL} "
-          f"and {HISTORY} in {time.perf_counter() - t0:.1f} s")
+        def report(r: EpochRecord) -> None:
+            say(f"epoch {r.epoch:3d} | train loss {r.train_loss:.4f} | val loss {r.val_loss:.4f} "
+                f"| IoU {r.val_iou:.4f} | Dice {r.val_dice:.4f} | lr {r.lr:.2e} "
+                f"| {time.perf_counter() - t0:6.1f} s", flush=True)
+
+        with stop_signals() as stop:
+            checkpointer = Checkpointer(Path(STATE), key, cfg.checkpoint_minutes * 60, stop)
+            result = train_model(model, train, val, cfg, params.loss, device, on_epoch=report,
+                                 dist=dist, checkpointer=checkpointer,
+                                 on_resume=lambda why: say(f"train: {why}", flush=True))
+        if not dist.main:
+            return
+        model.load_state_dict(result.best_state)
+        best = result.history[result.best_epoch - 1]
+        meta = {"normalization": attrs.get("normalization", "minmax"),
+                "class_names": attrs.get("class_names", ["background", "source"]),
+                "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                "val_iou": best.val_iou, "precision": result.precision}
+        if attrs.get("source") == "fits":
+            # The HDUs read in training: `astroseg predict` reads a FITS image the same way.
+            fits_params = attrs.get("params", {}).get("fits", {})
+            meta["fits"] = {k: fits_params.get(k, "") for k in ("hdu", "bad_pixel_hdu", "bad_pixels")}
+        save_checkpoint(MODEL, model, config, meta)
+        write_history(HISTORY, result.history)
+        checkpointer.remove()
+        say(f"train: kept epoch {result.best_epoch} (val IoU {best.val_iou:.4f}); wrote {MODEL} "
+            f"and {HISTORY} in {time.perf_counter() - t0:.1f} s")
+    finally:
+        distributed.shutdown(dist)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,26 @@ def test_fits_predict_on_cuda_uses_bf16_and_matches_cpu(cuda_run, tmp_path):
         assert g[0].header["ASPREC"] == "bf16" and c[0].header["ASPREC"] == "fp32"
         assert np.array_equal(np.isnan(g[0].data), np.isnan(c[0].data))
         assert (g["MASK"].data == c["MASK"].data).mean() > 0.99
+
+
+
+def test_cuda_data_on_device_and_compile_train_the_same_run(cuda_run, tmp_path):
+    """Data held on the GPU or copied per batch, compiled or not: the same run, to rounding."""
+    histories = {}
+    for name, on_device, compile_mode in (("copied", "false", "false"),
+                                          ("on_device", "true", "false"),
+                                          ("compiled", "true", "reduce-overhead")):
+        where = tmp_path / name
+        where.mkdir()
+        (where / "data").symlink_to(cuda_run / "data")
+        write_params(where, tiny_params(train={"device": "cuda", "epochs": 3, "precision": "fp32",
+                                               "data_on_device": on_device,
+                                               "compile": compile_mode}))
+        result = run_stage("train", where)
+        assert result.returncode == 0, result.stderr
+        histories[name] = read_history(where / "metrics/train_history.tsv")
+    base = histories["copied"]
+    assert base["train_loss"][-1] < base["train_loss"][0]
+    for name in ("on_device", "compiled"):
+        assert np.allclose(histories[name]["train_loss"], base["train_loss"], rtol=0.02), name
+        assert np.allclose(histories[name]["val_iou"], base["val_iou"], atol=0.02), name

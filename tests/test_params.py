@@ -84,6 +84,10 @@ def test_every_field_is_listed_in_repo_params():
     ({"model": {"num_classes": 3}},
      "model.num_classes = 3: data.source = synthetic gives 2 classes"),
     ({"plots": {"n_predictions": 9}}, "plots.n_predictions = 9 exceeds evaluate.n_examples = 4"),
+    ({"train": {"compile": "yes"}}, "train.compile = 'yes': expected one of false, true, reduce"),
+    ({"train": {"data_on_device": 1}}, "train.data_on_device = 1 (int): expected a string"),
+    ({"train": {"nproc": 0}}, "train.nproc = 0 is out of range: expected >= 1"),
+    ({"train": {"lr_scaling": "cubic"}}, "train.lr_scaling = 'cubic': expected one of none, sqrt"),
 ])
 def test_bad_values_name_the_file_key_and_value(tmp_path, override, message):
     path = write_params(tmp_path, tiny_params(**override))
@@ -139,3 +143,13 @@ def test_check_params_show_prints_the_resolved_params(tmp_path, capsys):
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["train"]["epochs"] == 2 and shown["train"]["lr"] == 3e-3
     assert shown["model"]["name"] == "segformer"
+
+
+def test_yaml_booleans_choose_true_or_false_and_the_lr_follows_the_batch(tmp_path):
+    params = load_params(write_params(tmp_path, tiny_params(
+        train={"compile": True, "data_on_device": False, "batch_size": 64, "lr": 0.002})))
+    assert params.train.compile == "true" and params.train.data_on_device == "false"
+    assert params.train.peak_lr() == 0.002      # lr_scaling: none
+    sqrt = dataclasses.replace(params.train, lr_scaling="sqrt", lr_batch=16)
+    assert sqrt.peak_lr() == pytest.approx(0.004)
+    assert dataclasses.replace(sqrt, lr_scaling="linear").peak_lr() == pytest.approx(0.008)

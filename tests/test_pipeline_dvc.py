@@ -71,6 +71,17 @@ def test_evaluate_param_leaves_training_alone(repo):
     assert _ran(sh([DVC, "repro"], repo).stdout) == ["evaluate", "plots"]
 
 
+def test_nproc_2_trains_under_torchrun_through_dvc(repo):
+    _set(repo, "train", "nproc", 2)
+    out = sh([DVC, "repro"], repo).stdout
+    assert _ran(out) == ["train", "evaluate", "plots"]
+    assert "x 2 ranks" in out and out.count("train: kept epoch") == 1
+    assert json.loads((repo / "metrics/metrics.json").read_text())["n_images"] > 0
+    assert not (repo / ".astroseg").exists()     # the training state went with the finish
+    assert "up to date" in sh([DVC, "status"], repo).stdout
+    _set(repo, "train", "nproc", 1)
+
+
 def test_bad_param_fails_and_keeps_outputs(repo):
     model = (repo / "models/model.pt").read_bytes()
     metrics = (repo / "metrics/metrics.json").read_text()

@@ -10,7 +10,8 @@ from astroseg.cli import main as cli_main
 from astroseg.data.dataset import load_split
 from astroseg.models import build_model
 from astroseg.infer.predict import load_model, predict
-from astroseg.models.symmetry import N_OPS, augment, averaged_logits, inverse, transform
+from astroseg.models.symmetry import (N_OPS, apply_ops, augment, averaged_logits, inverse,
+                                      transform)
 
 
 def test_transforms_are_the_eight_distinct_symmetries_and_invert():
@@ -32,6 +33,15 @@ def test_augmentation_moves_pixels_together_and_keeps_their_values():
     assert not torch.equal(ax, x)
     rect = torch.rand(8, 1, 4, 6, generator=gen)                # non-square: shape kept
     assert augment(rect, rect, gen)[0].shape == rect.shape
+
+
+def test_batched_symmetries_equal_each_sample_transformed_alone():
+    gen = torch.Generator().manual_seed(1)
+    for shape, ops in (((8, 1, 5, 5), torch.arange(8)), ((4, 2, 3, 4), torch.tensor([0, 2, 4, 6]))):
+        x = torch.rand(shape, generator=gen)
+        out = apply_ops(x, ops)
+        for i, op in enumerate(ops.tolist()):
+            assert torch.equal(out[i], transform(x[i], op)), (shape, op)
 
 
 def test_averaged_logits_are_equivariant_though_the_model_is_not():

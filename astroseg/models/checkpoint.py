@@ -13,6 +13,7 @@ from torch import nn
 from astroseg.atomic import atomic_output
 from astroseg.errors import DataError
 from astroseg.models import build_model
+from astroseg.models.segformer import fold_decoder_biases
 
 FORMAT_VERSION = 1
 
@@ -44,7 +45,10 @@ def load_checkpoint(path: str | os.PathLike,
         found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
         raise DataError(f"{path}: checkpoint format {found!r}, expected {FORMAT_VERSION}")
     model = build_model(payload["model_config"])
-    model.load_state_dict(payload["state_dict"])
+    state = payload["state_dict"]
+    if payload["model_config"].get("name") == "segformer":
+        state = fold_decoder_biases(state)
+    model.load_state_dict(state)
     # What the model was trained on (normalisation, classes) travels with it, so `predict` can
     # prepare raw inputs the same way.
     model.astroseg_meta = dict(payload.get("meta", {}))

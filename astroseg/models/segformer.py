@@ -34,6 +34,14 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
+def _projection(dim: int, decoder_dim: int) -> nn.Conv2d:
+    """A 1x1 conv without bias: the BatchNorm after it removes any. Besides doing nothing, a
+    bias there drifts, as Adam turns its rounding-noise gradient into full-size steps."""
+    conv = nn.Conv2d(dim, decoder_dim, 1)
+    conv.bias = None   # drawn, then dropped: every other weight initialises as it always did
+    return conv
+
+
 class PatchEmbed(nn.Module):
     """Overlapping patch embedding: strided conv, then LayerNorm over channels."""
 
@@ -136,12 +144,14 @@ class SegFormer(nn.Module):
             self.stages.append(nn.ModuleList(
                 MiTBlock(dim, heads[i], sr_ratios[i], mlp_ratio, rates[first + j], attn_dropout)
                 for j in range(depth)))
-            self.norms.append(nn.LayerNorm(dim))
+            # The last stage's norm feeds only the decoder's projections and BatchNorm, which
+            # removes any constant per channel: a bias there could not change the output.
+            self.norms.append(nn.LayerNorm(dim, bias=i < len(dims) - 1))
             in_dim = dim
         # The all-MLP decoder projects each stage to decoder_dim, upsamples, concatenates and fuses
         # with a 1x1 conv. Projection and fusion are both linear, so each stage's share of the
         # fusion is folded into its projection: the same function, without the 4x-wide concat.
-        self.project = nn.ModuleList(nn.Conv2d(dim, decoder_dim, 1) for dim in dims)
+        self.project = nn.ModuleList(_projection(dim, decoder_dim) for dim in dims)
         self.fuse = nn.Sequential(nn.BatchNorm2d(decoder_dim), nn.ReLU(inplace=True),
                                   nn.Dropout2d(dropout))
         self.head = nn.Conv2d(decoder_dim, num_classes, 1)
@@ -179,3 +189,21 @@ class SegFormer(nn.Module):
         if self.refine is None:
             return out
         return out + self.shuffle(self.refine(torch.cat([fused, self.unshuffle(image)], dim=1)))
+
+
+def fold_decoder_biases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state_dict from before the decoder lost its pre-BatchNorm biases, made loadable.
+
+    The biases added a constant per channel to the BatchNorm's input; subtracting it from the
+    running mean gives the same output in eval mode.
+    """
+    if "project.0.bias" not in state:
+        return state
+    state = dict(state)
+    n = sum(1 for k in state if k.startswith("project.") and k.endswith(".weight"))
+    shift = sum(state.pop(f"project.{i}.bias") for i in range(n))
+    last = f"norms.{n - 1}.bias"
+    if last in state:
+        shift = shift + state[f"project.{n - 1}.weight"].flatten(1) @ state.pop(last)
+    state["fuse.0.running_mean"] = state["fuse.0.running_mean"] - shift
+    return state

@@ -25,18 +25,33 @@ def inverse(x: torch.Tensor, op: int) -> torch.Tensor:
     return x.flip(-1) if op & 4 else x
 
 
+def draw_ops(n: int, generator: torch.Generator, square: bool = True) -> torch.Tensor:
+    """`n` random symmetries (CPU int64); a non-square image keeps half turns and mirrors only."""
+    ops = torch.randint(0, N_OPS, (n,), generator=generator)
+    return ops if square else ops & 6   # a quarter turn would change a non-square shape
+
+
+def apply_ops(x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+    """Apply symmetry `ops[i]` to sample `x[i]` (any leading layout, square or half turns only).
+
+    Selection by `torch.where` instead of indexing: no data-dependent shapes, so on a GPU it
+    never waits for the host, and torch.compile sees static shapes.
+    """
+    ops = ops.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+    x = torch.where((ops & 4) != 0, x.flip(-1), x)
+    turns = ops & 3
+    out = torch.where(turns == 2, x.flip(-2, -1), x)
+    if x.shape[-1] == x.shape[-2]:
+        out = torch.where(turns == 1, torch.rot90(x, 1, dims=(-2, -1)), out)
+        out = torch.where(turns == 3, torch.rot90(x, 3, dims=(-2, -1)), out)
+    return out
+
+
 def augment(x: torch.Tensor, y: torch.Tensor,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One random symmetry per sample, the same for image and mask (non-square: no quarter turns)."""
-    ops = torch.randint(0, N_OPS, (len(x),), generator=generator)
-    if x.shape[-1] != x.shape[-2]:
-        ops &= 6  # a quarter turn would change a non-square shape: keep half turns and mirrors
-    x, y = x.clone(), y.clone()
-    for op in range(1, N_OPS):
-        idx = (ops == op).nonzero().flatten()
-        if len(idx):
-            x[idx], y[idx] = transform(x[idx], op), transform(y[idx], op)
-    return x, y
+    ops = draw_ops(len(x), generator, x.shape[-1] == x.shape[-2])
+    return apply_ops(x, ops), apply_ops(y, ops)
 
 
 def averaged_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

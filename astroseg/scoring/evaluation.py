@@ -48,34 +48,52 @@ def as_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(split.images).unsqueeze(1), torch.from_numpy(split.masks).unsqueeze(1)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, split: Split, loss: LossParams, device: torch.device,
              batch_size: int, threshold: float = 0.5, keep: int = 0,
              tta: bool = False) -> Evaluation:
     """Run `model` over `split` in batches (fp32) and score every image; `tta`: average the
     logits over the 8 flips/rotations."""
-    model.eval()
     images, masks = as_tensors(split)
+    return evaluate_tensors(model, images, masks, loss, device, batch_size, threshold, keep, tta)
+
+
+@torch.no_grad()
+def evaluate_tensors(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
+                     loss: LossParams, device: torch.device, batch_size: int,
+                     threshold: float = 0.5, keep: int = 0, tta: bool = False) -> Evaluation:
+    """`evaluate` on (N, 1, H, W) image and mask tensors, on any device (a GPU keeps them)."""
+    model.eval()
     losses, counts, fg, labels = [], [], [], []
-    for start in range(0, len(split), batch_size):
+    for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
         y = masks[start:start + batch_size].to(device)
         logits = averaged_logits(model, x) if tta else model(x).float()
         prob = probabilities(logits)
         pred = predict_labels(prob, threshold)
-        losses.append(segmentation_loss(logits, y, loss).cpu())
-        counts.append(confusion_counts(pred, y[:, 0], max(2, logits.shape[1])).cpu())
+        # Results stay on the device until the end: one wait for a GPU, not one per batch.
+        losses.append(segmentation_loss(logits, y, loss))
+        counts.append(confusion_counts(pred, y[:, 0], max(2, logits.shape[1])))
         if start < keep:
             n = keep - start
-            fg.append((1 - prob[:n, 0] if prob.shape[1] > 1 else prob[:n, 0]).cpu())
-            labels.append(pred[:n].cpu())
-    counts = torch.cat(counts)
+            fg.append(1 - prob[:n, 0] if prob.shape[1] > 1 else prob[:n, 0])
+            labels.append(pred[:n])
+    counts = torch.cat(counts).cpu()
     scores = scores_from_counts(counts)
-    empty = np.zeros((0, *split.images.shape[1:]))
+    empty = np.zeros((0, *images.shape[2:]))
     return Evaluation(
-        loss=torch.cat(losses).double().numpy(),
+        loss=torch.cat(losses).cpu().double().numpy(),
         scores={k: v.numpy() for k, v in scores.items()},
         counts=counts.numpy(),
-        foreground=torch.cat(fg).numpy() if fg else empty.astype(np.float32),
-        labels=torch.cat(labels).numpy() if labels else empty.astype(np.uint8),
+        foreground=torch.cat(fg).cpu().numpy() if fg else empty.astype(np.float32),
+        labels=torch.cat(labels).cpu().numpy() if labels else empty.astype(np.uint8),
     )
+
+
+def concat(parts: list[Evaluation]) -> Evaluation:
+    """The evaluations of consecutive parts of a split as one (DDP ranks' shards, in order)."""
+    counts = np.concatenate([p.counts for p in parts])
+    scores = scores_from_counts(torch.from_numpy(counts))
+    return Evaluation(loss=np.concatenate([p.loss for p in parts]),
+                      scores={k: v.numpy() for k, v in scores.items()}, counts=counts,
+                      foreground=np.concatenate([p.foreground for p in parts]),
+                      labels=np.concatenate([p.labels for p in parts]))

@@ -1,9 +1,14 @@
-"""The training loop: AdamW, warmup + cosine LR, D4 augmentation, best-on-validation weights."""
+"""The training loop: AdamW, warmup + cosine LR, D4 augmentation, best-on-validation weights.
+
+One loop for every setting: the CPU, one GPU, or N DDP ranks. Shuffling and augmentation draw
+from one generator seeded from `train.seed`, the same on every rank, and each rank trains on its
+slice of the global batch. Nothing in a step waits for the device: the loss is summed on it and
+read every `train.log_every` steps and once per epoch.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,11 +19,15 @@ from tqdm import tqdm
 
 from astroseg.data.dataset import Split
 from astroseg.device import resolve_precision
-from astroseg.scoring.evaluation import as_tensors, evaluate
-from astroseg.train.history import EpochRecord
-from astroseg.scoring.losses import segmentation_loss
+from astroseg.models.symmetry import apply_ops, draw_ops
 from astroseg.params import LossParams, TrainParams
-from astroseg.models.symmetry import augment
+from astroseg.scoring.evaluation import as_tensors, concat, evaluate_tensors
+from astroseg.scoring.losses import segmentation_loss
+from astroseg.train.distributed import (SINGLE, Dist, all_sum, any_rank, barrier, gather_objects,
+                                        shard, wrap)
+from astroseg.train.history import EpochRecord
+from astroseg.train.resume import (Checkpointer, Interrupted, Progress, progress_from_dict,
+                                   progress_to_dict)
 
 
 @dataclass
@@ -46,66 +55,171 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def data_on_device(setting: str, device: torch.device, nbytes: int) -> bool:
+    """Whether to hold the splits in GPU memory: 'auto' if they take under half of what is free.
+
+    On the CPU the splits are in memory already, so the answer is always no copy.
+    """
+    if device.type != "cuda" or setting == "false":
+        return False
+    if setting == "true":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes < free // 2
+
+
+def _compiled(net: nn.Module, mode: str) -> nn.Module:
+    if mode == "false":
+        return net
+    # Static shapes: one graph for the full batches (and one for a last, smaller one), so CUDA
+    # graphs can apply in 'reduce-overhead' mode.
+    return torch.compile(net, mode=None if mode == "true" else mode, dynamic=False)
+
+
+def _validate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss: LossParams,
+              device: torch.device, batch_size: int, d: Dist) -> dict[str, float]:
+    """Scores on the validation split, each rank scoring its shard, gathered in order."""
+    part = evaluate_tensors(model, images, masks, loss, device, batch_size)
+    return concat(gather_objects(part, d)).summary()
+
+
+def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
 def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, loss: LossParams,
                 device: torch.device,
-                on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
+                on_epoch: Callable[[EpochRecord], None] | None = None, *,
+                dist: Dist = SINGLE, checkpointer: Checkpointer | None = None,
+                on_resume: Callable[[str], None] | None = None) -> TrainResult:
     """Train `model` in place; return the history and the best-validation-IoU weights.
 
-    Shuffling and augmentation draw from their own generator seeded from `cfg.seed`, so on CPU
-    the same inputs give the same weights bit for bit. Seed torch's global RNG before building
-    the model for the initialisation (and dropout).
+    On CPU the same inputs give the same weights bit for bit, with or without an interruption
+    in between (`checkpointer` saves and restores the state). Seed torch's global RNG before
+    building the model for the initialisation (and dropout). Under torchrun, `dist` is this
+    rank; `train.batch_size` is the global batch.
     """
     model.to(device)
     precision = resolve_precision(cfg.precision, device)
+    channels_last = device.type == "cuda"
+    if channels_last:   # tensor cores: TF32 for fp32 matmuls and convs, NHWC convs
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        model.to(memory_format=torch.channels_last)
+    net = _compiled(wrap(model, dist, device), cfg.compile)
     # The fused kernel updates all parameters in one pass; the default per-tensor loop spent
     # about an eighth of each CPU training step on optimizer bookkeeping.
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=True)
     rng = torch.Generator().manual_seed(cfg.seed)
     images, masks = as_tensors(train)
-    n = len(train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    val_images, val_masks = (shard(t, dist) for t in as_tensors(val))
+    if data_on_device(cfg.data_on_device, device, train.images.nbytes + train.masks.nbytes):
+        images, masks = images.to(device), masks.to(device)
+        val_images, val_masks = val_images.to(device), val_masks.to(device)
+    n, batch = len(train), cfg.batch_size
+    square = train.images.shape[-1] == train.images.shape[-2]
+    steps_per_epoch = math.ceil(n / batch)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    history: list[EpochRecord] = []
-    best = TrainResult(history, 0, {}, precision)
-    best_iou = -1.0
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    peak_lr = cfg.peak_lr()
+    show = dist.main and cfg.progress
+
+    p = Progress()
+    if checkpointer is not None:
+        saved, why = checkpointer.load()
+        if on_resume is not None and dist.main:
+            on_resume(why if saved else f"starting fresh: {why}")
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            rng.set_state(saved["generator"])
+            _set_rng_states(saved["rng"][min(dist.rank, len(saved["rng"]) - 1)], device)
+            p = progress_from_dict(saved["progress"])
+
+    def save_state() -> None:
+        rng_states = gather_objects(_rng_states(device), dist)
+        if dist.main:
+            checkpointer.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "generator": rng.get_state(), "rng": rng_states,
+                               "progress": progress_to_dict(p)})
+        barrier(dist)
+
+    while p.epoch <= cfg.epochs:
+        if cfg.early_stopping and p.epoch - 1 - p.best_epoch >= cfg.early_stopping:
+            break
         model.train()
-        order = torch.randperm(n, generator=rng)
-        total = 0.0
-        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}",
-                   unit="batch", leave=False, disable=None if cfg.progress else True)
-        for start in bar:
-            idx = order[start:start + cfg.batch_size]
-            x, y = images[idx], masks[idx]
-            if cfg.augment:
-                x, y = augment(x, y, rng)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if p.order is None:
+            p.order = torch.randperm(n, generator=rng)
+            p.running = torch.zeros((), dtype=torch.float64, device=device)
+        order = p.order.to(images.device)
+        p.running = p.running.to(device)
+        bar = tqdm(total=steps_per_epoch, initial=p.position // batch, unit="batch",
+                   desc=f"epoch {p.epoch}/{cfg.epochs}", leave=False,
+                   disable=None if show else True)
+        while p.position < n:
+            count = min(batch, n - p.position)     # the global batch
+            if count < dist.world:   # some rank would get no image: skip this remainder
+                p.position = n
+                break
+            mine = shard(order[p.position:p.position + count], dist)
+            x, y = images[mine].to(device, non_blocking=True), masks[mine].to(device, non_blocking=True)
+            if cfg.augment:   # drawn for the global batch, so every rank stays in step
+                ops = shard(draw_ops(count, rng, square), dist)
+                x, y = apply_ops(x, ops), apply_ops(y, ops)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, total_steps, warmup, cfg.schedule,
-                                                 cfg.min_lr_ratio)
+                group["lr"] = peak_lr * lr_factor(p.step, total_steps, warmup, cfg.schedule,
+                                                  cfg.min_lr_ratio)
             with _autocast(device, precision):
-                logits = model(x)
-            batch_loss = segmentation_loss(logits, y, loss).mean()
+                logits = net(x)
+            per_image = segmentation_loss(logits, y, loss)
+            # DDP averages gradients over ranks: scale each rank's sum so the average is the
+            # global batch's mean, however unevenly a last batch splits.
+            batch_loss = (per_image.mean() if dist.world == 1
+                          else per_image.sum() * (dist.world / count))
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()
             optimizer.step()
-            step += 1
-            total += batch_loss.item() * len(idx)
-            bar.set_postfix(loss=f"{batch_loss.item():.4f}")
-        summary = evaluate(model, val, loss, device, batch_size=max(cfg.batch_size, 32)).summary()
-        record = EpochRecord(epoch=epoch, train_loss=total / n, val_loss=summary["loss"],
+            p.step += 1
+            p.position += count
+            p.running += batch_loss.detach().double() * (count / dist.world)
+            bar.update()
+            if show and p.step % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{p.running.item() * dist.world / p.position:.4f}")
+            if checkpointer is not None:
+                stopping, due = any_rank([checkpointer.stop.received is not None,
+                                          checkpointer.due()], dist)
+                if stopping or due:
+                    save_state()
+                if stopping:
+                    raise Interrupted(
+                        f"train: stopped by {checkpointer.stop.received or 'a signal to a peer rank'}"
+                        f" in epoch {p.epoch} after {p.position} of {n} images; saved the "
+                        f"training state to {checkpointer.path}: rerun the stage to resume")
+        bar.close()
+        summary = _validate(model, val_images, val_masks, loss, device, max(batch, 32), dist)
+        train_loss = float(all_sum(p.running.clone(), dist)) / n
+        record = EpochRecord(epoch=p.epoch, train_loss=train_loss, val_loss=summary["loss"],
                              val_iou=summary["iou"], val_dice=summary["dice"],
                              lr=optimizer.param_groups[0]["lr"])
-        history.append(record)
-        if on_epoch is not None:
+        p.history.append(record)
+        if on_epoch is not None and dist.main:
             on_epoch(record)
-        if record.val_iou > best_iou:
-            best_iou = record.val_iou
-            best.best_epoch = epoch
-            best.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        elif cfg.early_stopping and epoch - best.best_epoch >= cfg.early_stopping:
-            break
-    return best
+        if record.val_iou > p.best_iou:
+            p.best_iou, p.best_epoch = record.val_iou, p.epoch
+            p.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        p.epoch, p.position, p.order = p.epoch + 1, 0, None
+        if checkpointer is not None:
+            save_state()
+    return TrainResult(p.history, p.best_epoch, p.best_state, precision)
