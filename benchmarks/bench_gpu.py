@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from astroseg.infer.predict import predict
 from astroseg.models import build_model
@@ -49,22 +49,35 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def matmul_tflops(device: torch.device) -> float:
-    """A large bf16 matmul's rate: what the device's tensor units reach in practice."""
+def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """A large matmul's rate: what the device's matrix units reach in practice."""
     n = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = timed(lambda: a @ b, device, 20 if device.type == "cuda" else 3)
     return 2 * n ** 3 / seconds / 1e12
 
 
-def flops_per_image(config: dict, size: int) -> float:
-    """Forward + backward FLOPs of one training image."""
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
+                         transposed, _output_padding, _groups, output_mask, out_shape=None,
+                         **_) -> int:
+    # torch's own formula ignores `groups` (65x too much for a 64-channel depthwise conv): each
+    # of the input and weight gradients costs what the forward convolution costs.
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return forward * (bool(output_mask[0]) + bool(output_mask[1]))
+
+
+def flops_per_image(config: dict, size: int) -> tuple[float, float]:
+    """Forward, and forward + backward, FLOPs of one training image."""
     model = build_model(config)
     x = torch.rand(2, 1, size, size)
-    with FlopCounterMode(display=False) as counter:
-        model(x).float().mean().backward()
-    return counter.get_total_flops() / 2
+    with FlopCounterMode(display=False) as forward:
+        out = model(x).float().mean()
+    with FlopCounterMode(display=False, custom_mapping={
+            torch.ops.aten.convolution_backward: _conv_backward_flops}) as backward:
+        out.backward()
+    return forward.get_total_flops() / 2, (forward.get_total_flops()
+                                           + backward.get_total_flops()) / 2
 
 
 def train_step(config: dict, device: torch.device, batch: int, precision: str, compile_mode: str):
@@ -112,19 +125,23 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
     batches = args.batches or ([64, 128, 256, 512, 1024] if cuda else [16, 32])
-    steps = args.steps if cuda else min(args.steps, 3)
+    steps = args.steps if cuda else min(args.steps, 5)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
     params = load_params(args.params)
     config = {**params.model.config(), "image_size": [128, 128]}
-    flops = flops_per_image(config, 128)
+    forward, flops = flops_per_image(config, 128)
     spec = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), 0) if cuda else 0
-    measured = matmul_tflops(device)
-    print(f"device: {name}; torch {torch.__version__}; {config['name']} forward + backward "
-          f"{flops / 1e9:.3f} GFLOP per 128x128 image; bf16 peak: data sheet "
-          f"{spec or 'unknown'} TFLOP/s, measured matmul {measured:.1f} TFLOP/s")
+    # A CPU without native bf16 emulates it ~20x slower: its peak is the fp32 one.
+    native = cuda or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    dtype = torch.bfloat16 if native else torch.float32
+    measured = matmul_tflops(device, dtype)
+    print(f"device: {name}; torch {torch.__version__}; {config['name']}: {forward / 1e9:.3f} "
+          f"GFLOP forward, {flops / 1e9:.3f} forward + backward per 128x128 image; peak: data "
+          f"sheet bf16 {spec or 'unknown'} TFLOP/s, measured {str(dtype)[6:]} matmul "
+          f"{measured:.2f} TFLOP/s")
     print(f"{'batch':>6} {'precision':>9} {'compile':>8} {'images/s':>10} {'TFLOP/s':>8} "
           f"{'of sheet':>8} {'of matmul':>9}")
     for compile_mode in args.compile:

@@ -98,3 +98,14 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively():
     assert all(torch.equal(v, same[k]) for k, v in runs["auto"][1].items())
     other = runs["fp32" if native else "bf16"][1]
     assert not all(torch.equal(v, other[k]) for k, v in runs["auto"][1].items())
+
+
+def test_compiled_training_step_matches_the_eager_one_on_the_cpu():
+    """train.compile works on the CPU too (inductor's C++ backend), to rounding."""
+    train, val = _split("train", 16), _split("val", 8)
+    cfg = TrainParams(epochs=1, batch_size=8, progress=False)
+    eager, h_eager = _run(cfg, train, val)
+    compiled, h_compiled = _run(dataclasses.replace(cfg, compile="true"), train, val)
+    assert h_compiled[0].train_loss == pytest.approx(h_eager[0].train_loss, rel=1e-4)
+    for (k, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-4), k
