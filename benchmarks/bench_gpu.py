@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from astroseg.infer.predict import predict
 from astroseg.models import build_model
-from astroseg.models.symmetry import apply_ops
+from astroseg.models.symmetry import apply_ops, draw_ops
 from astroseg.params import LossParams, load_params
 from astroseg.scoring.evaluation import evaluate_tensors
 from astroseg.scoring.losses import segmentation_loss
@@ -84,7 +84,7 @@ def train_step(config: dict, device: torch.device, batch: int, precision: str, c
     """The train stage's step on data already on the device, as a closure."""
     torch.manual_seed(0)
     model = build_model(config).to(device).train()
-    channels_last = device.type == "cuda"
+    cuda = channels_last = device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
     net = model if compile_mode == "false" else torch.compile(
@@ -97,11 +97,14 @@ def train_step(config: dict, device: torch.device, batch: int, precision: str, c
     cast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
             else contextlib.nullcontext())
     gen = torch.Generator(device=device).manual_seed(0)
+    host_gen = torch.Generator().manual_seed(0)
     loss_params = LossParams()
 
     def step() -> None:
         idx = torch.randint(0, n, (batch,), device=device, generator=gen)
-        ops = torch.randint(0, 8, (batch,), device=device, generator=gen)
+        ops = draw_ops(batch, host_gen)     # on the host, as the loop draws them
+        if cuda:
+            ops = ops.pin_memory().to(device, non_blocking=True)
         x, y = apply_ops(images[idx], ops), apply_ops(masks[idx], ops)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -19,7 +19,8 @@ from astroseg.params import Params, load_params, to_dict
 from astroseg.train import distributed
 from astroseg.train.history import EpochRecord, write_history
 from astroseg.train.loop import train_model
-from astroseg.train.resume import Checkpointer, fingerprint, package_code, stop_signals
+from astroseg.train.resume import (Checkpointer, Interrupted, fingerprint, package_code,
+                                   stop_signals)
 
 DATA = "data/dataset.h5"
 MODEL = "models/model.pt"
@@ -45,6 +46,13 @@ def _checked_model(params: Params, attrs: dict,
         raise ParamsError(f"model.{config['name']}: {exc}") from None
 
 
+def _check_ranks(world: int, batch_size: int, n_val: int) -> None:
+    """Every rank needs a share of each batch and of the validation split."""
+    if world > min(batch_size, n_val):
+        raise ParamsError(f"{world} ranks need train.batch_size >= {world} (it is {batch_size}) "
+                          f"and at least {world} validation images ({DATA} has {n_val})")
+
+
 def main() -> None:
     params = load_params()
     cfg = params.train
@@ -52,11 +60,15 @@ def main() -> None:
     shape = load_split(DATA, "train", limit=1).images.shape[1:]
     model, config = _checked_model(params, attrs, shape)   # before any rank starts: errors once
     if cfg.nproc > 1 and not distributed.launched_by_torchrun():
+        _check_ranks(cfg.nproc, cfg.batch_size, len(load_split(DATA, "val")))
         distributed.relaunch_under_torchrun(cfg.nproc, __file__)    # does not return
     dist, device = distributed.init(cfg.device)
     say = print if dist.main else (lambda *a, **k: None)
     try:
         train, val = load_split(DATA, "train"), load_split(DATA, "val")
+        _check_ranks(dist.world, cfg.batch_size, len(val))
+        if dist.world > 1:   # DDP gave every rank rank 0's weights; decorrelate their dropout
+            torch.manual_seed(cfg.seed + dist.rank)
         n_params = sum(p.numel() for p in model.parameters())
         ranks = f" x {dist.world} ranks" if dist.world > 1 else ""
         say(f"train: {config['name']} with {n_params / 1e6:.2f} M parameters on {device}{ranks} "
@@ -68,7 +80,7 @@ def main() -> None:
                 f"a global batch needs one image per rank (train.batch_size = {cfg.batch_size})")
         recorded = to_dict(params)
         recorded["train"] = {k: v for k, v in recorded["train"].items() if k not in NOT_IN_RESULT}
-        key = fingerprint({s: recorded[s] for s in ("model", "loss", "train")}, DATA,
+        key = fingerprint({s: recorded[s] for s in ("model", "loss", "train")}, DATA, attrs,
                           package_code(__file__))
         t0 = time.perf_counter()
 
@@ -79,9 +91,14 @@ def main() -> None:
 
         with stop_signals() as stop:
             checkpointer = Checkpointer(Path(STATE), key, cfg.checkpoint_minutes * 60, stop)
-            result = train_model(model, train, val, cfg, params.loss, device, on_epoch=report,
-                                 dist=dist, checkpointer=checkpointer,
-                                 on_resume=lambda why: say(f"train: {why}", flush=True))
+            try:
+                result = train_model(model, train, val, cfg, params.loss, device,
+                                     on_epoch=report, dist=dist, checkpointer=checkpointer,
+                                     on_resume=lambda why: say(f"train: {why}", flush=True))
+            except Interrupted:
+                if dist.main:
+                    raise
+                sys.exit(2)      # rank 0 says that the state is saved
         if not dist.main:
             return
         model.load_state_dict(result.best_state)

@@ -108,3 +108,47 @@ def test_a_killed_rank_ends_the_job_instead_of_hanging(prepared, tmp_path):
     assert job.returncode != 0
     assert "Signal 9" in out or "SIGKILL" in out, out[-2000:]
     assert not (where / "models/model.pt").exists()
+
+
+def test_ddp_sigterm_saves_and_every_rank_resumes(prepared, tmp_path):
+    """torchrun forwards SIGTERM to the ranks; rank 0 saves, both resume, and the history and
+    weights are those of the uninterrupted two-rank run."""
+    train = {"nproc": 2, "epochs": 8, "checkpoint_minutes": 0}
+    _train(prepared, tmp_path / "whole", **train)
+    where = tmp_path / "cut"
+    shutil.copytree(prepared, where)
+    write_params(where, tiny_params(data={"n_train": 35}, train={"batch_size": 8, **train}))
+    job = subprocess.Popen([sys.executable, str(ROOT / "stages/train.py")], cwd=where,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (where / ".astroseg/train_state.pt").exists():
+            assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()
+            time.sleep(0.05)
+        job.send_signal(signal.SIGTERM)     # to torchrun, as a scheduler would
+        out = job.communicate(timeout=90)[0]
+    finally:
+        job.kill()
+    assert job.returncode != 0, out[-2000:]
+    assert out.count("stopped by SIGTERM") == 1 and "saved the training state" in out
+    rerun = run_stage("train", where)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from .astroseg/train_state.pt" in rerun.stdout
+    whole = (tmp_path / "whole/metrics/train_history.tsv").read_text().splitlines()
+    cut = (where / "metrics/train_history.tsv").read_text().splitlines()
+    assert len(whole) == len(cut) == 9
+    for a, b in zip(whole[1:], cut[1:]):
+        assert [float(v) for v in a.split()] == pytest.approx([float(v) for v in b.split()],
+                                                               rel=1e-6)
+    a, b = weights(tmp_path / "whole"), weights(where)
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) < 1e-6
+
+
+def test_more_ranks_than_a_batch_is_refused_before_launch(prepared, tmp_path):
+    where = tmp_path / "small"
+    shutil.copytree(prepared, where)
+    write_params(where, tiny_params(data={"n_train": 35}, train={"nproc": 2, "batch_size": 1}))
+    result = run_stage("train", where)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: 2 ranks need train.batch_size >= 2 (it is 1) and at "
+                                     "least 2 validation images (data/dataset.h5 has 8)")

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from astroseg.data.dataset import Split
 from astroseg.device import resolve_precision
+from astroseg.errors import DataError
 from astroseg.models.symmetry import apply_ops, draw_ops
 from astroseg.params import LossParams, TrainParams
 from astroseg.scoring.evaluation import as_tensors, concat, evaluate_tensors
@@ -68,6 +69,14 @@ def data_on_device(setting: str, device: torch.device, nbytes: int) -> bool:
     return nbytes < free // 2
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; from host memory to a GPU through pinned memory, so the host does not
+    wait for the copy."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _compiled(net: nn.Module, mode: str) -> nn.Module:
     if mode == "false":
         return net
@@ -94,6 +103,33 @@ def _set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> No
     torch.set_rng_state(states["cpu"])
     if device.type == "cuda" and "cuda" in states:
         torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def _resume(checkpointer: Checkpointer, model: nn.Module, optimizer: torch.optim.Optimizer,
+            rng: torch.Generator, device: torch.device, dist: Dist,
+            on_resume: Callable[[str], None] | None) -> Progress | None:
+    """Restore the saved state into the run if it belongs to it; every rank must agree."""
+    if dist.main:
+        checkpointer.clean()
+    barrier(dist)
+    saved, why = checkpointer.load()
+    seen = gather_objects(None if saved is None else saved["progress"]["step"], dist)
+    if len(set(seen)) > 1:
+        raise DataError(f"{checkpointer.path}: the ranks disagree on the saved training state "
+                        f"(step per rank: {seen}); is the project folder on a file system that "
+                        "every node shares?")
+    if on_resume is not None and dist.main:
+        on_resume(why if saved else f"starting fresh: {why}")
+    if saved is None:
+        return None
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    rng.set_state(saved["generator"])
+    _set_rng_states(saved["rng"][min(dist.rank, len(saved["rng"]) - 1)], device)
+    p = progress_from_dict(saved["progress"])
+    if not dist.main:
+        p.running = torch.zeros_like(p.running)
+    return p
 
 
 def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, loss: LossParams,
@@ -136,23 +172,18 @@ def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, lo
 
     p = Progress()
     if checkpointer is not None:
-        saved, why = checkpointer.load()
-        if on_resume is not None and dist.main:
-            on_resume(why if saved else f"starting fresh: {why}")
-        if saved is not None:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            rng.set_state(saved["generator"])
-            _set_rng_states(saved["rng"][min(dist.rank, len(saved["rng"]) - 1)], device)
-            p = progress_from_dict(saved["progress"])
+        p = _resume(checkpointer, model, optimizer, rng, device, dist, on_resume) or p
 
     def save_state() -> None:
         rng_states = gather_objects(_rng_states(device), dist)
+        # The running loss is each rank's share: save the total, which rank 0 alone resumes.
+        total = all_sum(p.running.clone(), dist)
         if dist.main:
             checkpointer.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "generator": rng.get_state(), "rng": rng_states,
-                               "progress": progress_to_dict(p)})
+                               "progress": progress_to_dict(p) | {"running": total.cpu()}})
         barrier(dist)
+        checkpointer.restart_timer()
 
     while p.epoch <= cfg.epochs:
         if cfg.early_stopping and p.epoch - 1 - p.best_epoch >= cfg.early_stopping:
@@ -172,9 +203,9 @@ def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, lo
                 p.position = n
                 break
             mine = shard(order[p.position:p.position + count], dist)
-            x, y = images[mine].to(device, non_blocking=True), masks[mine].to(device, non_blocking=True)
+            x, y = _to_device(images[mine], device), _to_device(masks[mine], device)
             if cfg.augment:   # drawn for the global batch, so every rank stays in step
-                ops = shard(draw_ops(count, rng, square), dist)
+                ops = _to_device(shard(draw_ops(count, rng, square), dist), device)
                 x, y = apply_ops(x, ops), apply_ops(y, ops)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -195,7 +226,7 @@ def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, lo
             p.position += count
             p.running += batch_loss.detach().double() * (count / dist.world)
             bar.update()
-            if show and p.step % cfg.log_every == 0:
+            if show and not bar.disable and p.step % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{p.running.item() * dist.world / p.position:.4f}")
             if checkpointer is not None:
                 stopping, due = any_rank([checkpointer.stop.received is not None,

@@ -76,15 +76,17 @@ def stop_signals() -> Iterator[StopSignals]:
             signal.signal(s, handler)
 
 
-def fingerprint(params: dict[str, Any], dataset: str | os.PathLike,
+def fingerprint(params: dict[str, Any], dataset: str | os.PathLike, dataset_attrs: dict[str, Any],
                 code: list[Path]) -> str:
     """A hash of what a run's result depends on: its params, the dataset file and the code.
 
-    The dataset enters by size and modification time: hashing its bytes would cost minutes
-    for a survey-sized file, and any rewrite of it changes the time.
+    The dataset enters by its root attributes (the params that made its pixels), size and
+    modification time: hashing its bytes would cost minutes for a survey-sized file, and any
+    rewrite of it changes the time, so a state is never resumed on other data.
     """
     h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     st = os.stat(dataset)
+    h.update(json.dumps(dataset_attrs, sort_keys=True, default=str).encode())
     h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     for path in sorted(code):
         h.update(str(path.name).encode() + b"\0" + path.read_bytes())
@@ -110,10 +112,13 @@ class Checkpointer:
         """Whether a periodic save is due."""
         return self.every_s > 0 and time.monotonic() - self.last >= self.every_s
 
+    def clean(self) -> None:
+        """Delete temp files of saves that were killed halfway (one process calls it)."""
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
     def load(self) -> tuple[dict[str, Any] | None, str]:
         """The saved state if it belongs to this run, and why it is (or is not) used."""
-        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)   # a save that was killed halfway
         if not self.path.exists():
             return None, f"no saved state at {self.path}"
         try:
@@ -129,10 +134,21 @@ class Checkpointer:
         return state, f"resuming from {self.path} at {where}"
 
     def save(self, state: dict[str, Any]) -> None:
-        """Atomically write `state` (a kill mid-save leaves the previous state intact)."""
+        """Atomically and durably write `state`: a kill, or a crash of the machine, mid-save
+        leaves the previous state intact."""
         payload = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint, **state}
         with atomic_output(self.path) as tmp, open(tmp, "wb") as f:
             torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)      # the rename itself
+        finally:
+            os.close(folder)
+
+    def restart_timer(self) -> None:
+        """Count the next periodic save from now (every rank, after every save)."""
         self.last = time.monotonic()
 
     def remove(self) -> None:
