@@ -240,7 +240,8 @@ def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, lo
                         f"training state to {checkpointer.path}: rerun the stage to resume")
         bar.close()
         summary = _validate(model, val_images, val_masks, loss, device, max(batch, 32), dist)
-        train_loss = float(all_sum(p.running.clone(), dist)) / n
+        trained = n - n % batch if 0 < n % batch < dist.world else n   # less a skipped remainder
+        train_loss = float(all_sum(p.running.clone(), dist)) / trained
         record = EpochRecord(epoch=p.epoch, train_loss=train_loss, val_loss=summary["loss"],
                              val_iou=summary["iou"], val_dice=summary["dice"],
                              lr=optimizer.param_groups[0]["lr"])
