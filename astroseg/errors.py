@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -23,6 +24,8 @@ def run_main(main: Callable[[], object]) -> int:
     try:
         main()
     except AstrosegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Under torchrun every rank may fail alike: say which one is speaking.
+        rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+        print(f"error: {rank}{exc}", file=sys.stderr, flush=True)
         return 2
     return 0

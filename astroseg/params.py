@@ -256,6 +256,11 @@ class TrainParams:
     log_every: int = _p(50, ge=1)
     checkpoint_minutes: float = _p(10.0, ge=0)
 
+    def check(self) -> None:
+        if self.nproc > self.batch_size:
+            raise ParamsError(f"train.nproc = {self.nproc} exceeds train.batch_size = "
+                              f"{self.batch_size}, the global batch the ranks share")
+
     def peak_lr(self) -> float:
         """`lr` scaled from `lr_batch` images per step to `batch_size` by the `lr_scaling` rule."""
         ratio = self.batch_size / self.lr_batch
@@ -319,6 +324,9 @@ class Params:
             raise ParamsError(f"model.num_classes = {k}: data.source = {self.data.source} gives "
                               f"{len(classes)} classes {classes}; use 1 (binary, sigmoid) or "
                               f"{len(classes)} (softmax)")
+        if self.data.source == "synthetic" and self.data.n_val < self.train.nproc:
+            raise ParamsError(f"data.n_val = {self.data.n_val} is less than train.nproc = "
+                              f"{self.train.nproc}: every rank validates a share")
         if self.plots.n_predictions > self.evaluate.n_examples:
             raise ParamsError(f"plots.n_predictions = {self.plots.n_predictions} exceeds "
                               f"evaluate.n_examples = {self.evaluate.n_examples}, the test "

@@ -73,7 +73,9 @@ def main() -> None:
         ranks = f" x {dist.world} ranks" if dist.world > 1 else ""
         say(f"train: {config['name']} with {n_params / 1e6:.2f} M parameters on {device}{ranks} "
             f"({resolve_precision(cfg.precision, device)}); {len(train)} train / {len(val)} val "
-            "images")
+            f"images; peak lr {cfg.peak_lr():.3g} at batch {cfg.batch_size}")
+        if cfg.compile != "false" and device.type != "cuda":
+            say("train: train.compile applies on CUDA only; training eagerly on the CPU")
         left = len(train) % cfg.batch_size
         if 0 < left < dist.world:
             say(f"train: the last {left} image(s) of each epoch's shuffled order are skipped: "

@@ -150,5 +150,5 @@ def test_more_ranks_than_a_batch_is_refused_before_launch(prepared, tmp_path):
     write_params(where, tiny_params(data={"n_train": 35}, train={"nproc": 2, "batch_size": 1}))
     result = run_stage("train", where)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: 2 ranks need train.batch_size >= 2 (it is 1) and at "
-                                     "least 2 validation images (data/dataset.h5 has 8)")
+    assert result.stderr.strip() == ("error: params.yaml: train.nproc = 2 exceeds "
+                                     "train.batch_size = 1, the global batch the ranks share")

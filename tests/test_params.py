@@ -87,6 +87,8 @@ def test_every_field_is_listed_in_repo_params():
     ({"train": {"compile": "yes"}}, "train.compile = 'yes': expected one of false, true, reduce"),
     ({"train": {"data_on_device": 1}}, "train.data_on_device = 1 (int): expected a string"),
     ({"train": {"nproc": 0}}, "train.nproc = 0 is out of range: expected >= 1"),
+    ({"train": {"nproc": 9, "batch_size": 8}}, "train.nproc = 9 exceeds train.batch_size = 8"),
+    ({"train": {"nproc": 4}, "data": {"n_val": 3}}, "data.n_val = 3 is less than train.nproc = 4"),
     ({"train": {"lr_scaling": "cubic"}}, "train.lr_scaling = 'cubic': expected one of none, sqrt"),
 ])
 def test_bad_values_name_the_file_key_and_value(tmp_path, override, message):

@@ -100,12 +100,13 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively():
     assert not all(torch.equal(v, other[k]) for k, v in runs["auto"][1].items())
 
 
-def test_compiled_training_step_matches_the_eager_one_on_the_cpu():
-    """train.compile works on the CPU too (inductor's C++ backend), to rounding."""
+def test_compile_falls_back_to_eager_on_the_cpu():
+    """train.compile is for CUDA: torch 2.13's inductor gave the segformer wrong gradients on
+    the CPU, so there the run is the eager one, bit for bit."""
     train, val = _split("train", 16), _split("val", 8)
     cfg = TrainParams(epochs=1, batch_size=8, progress=False)
     eager, h_eager = _run(cfg, train, val)
-    compiled, h_compiled = _run(dataclasses.replace(cfg, compile="true"), train, val)
-    assert h_compiled[0].train_loss == pytest.approx(h_eager[0].train_loss, rel=1e-4)
+    compiled, h_compiled = _run(dataclasses.replace(cfg, compile="reduce-overhead"), train, val)
+    assert h_compiled == h_eager
     for (k, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-4), k
+        assert torch.equal(a, b), k

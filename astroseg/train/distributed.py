@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from astroseg.device import resolve_device
+from astroseg.errors import ParamsError
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ def init(device_name: str, key: str = "train.device") -> tuple[Dist, torch.devic
         return SINGLE, device
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ParamsError(f"local rank {local_rank} has no GPU: this node has "
+                              f"{torch.cuda.device_count()}; start at most that many processes "
+                              "per node (train.nproc or torchrun's --nproc-per-node)")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
