@@ -1,13 +1,12 @@
 """The training loop as it was before issue 9 (DDP, resume, device data), kept verbatim for
-benchmarks/bench_train_loop.py to time side by side with astroseg.train.loop."""
+benchmarks/bench_train_loop.py to time side by side with astroseg.train.loop; the helpers that
+did not change (TrainResult, lr_factor, _autocast) come from there."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,31 +19,7 @@ from astroseg.train.history import EpochRecord
 from astroseg.scoring.losses import segmentation_loss
 from astroseg.params import LossParams, TrainParams
 from astroseg.models.symmetry import augment
-
-
-@dataclass
-class TrainResult:
-    """The history, and the weights of the epoch with the best validation IoU."""
-    history: list[EpochRecord]
-    best_epoch: int
-    best_state: dict[str, torch.Tensor]
-    precision: str = "fp32"   # what the training steps ran in ('auto' resolved)
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the base LR at `step`: linear warmup, then constant or cosine to `min_ratio`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from astroseg.train.loop import TrainResult, _autocast, lr_factor
 
 
 def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, loss: LossParams,

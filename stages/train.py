@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from astroseg.data.dataset import load_split, read_attrs
+from astroseg.data.dataset import load_split, read_attrs, split_sizes
 from astroseg.device import resolve_precision
 from astroseg.errors import ParamsError, run_main
 from astroseg.models import build_model
@@ -60,7 +60,7 @@ def main() -> None:
     shape = load_split(DATA, "train", limit=1).images.shape[1:]
     model, config = _checked_model(params, attrs, shape)   # before any rank starts: errors once
     if cfg.nproc > 1 and not distributed.launched_by_torchrun():
-        _check_ranks(cfg.nproc, cfg.batch_size, len(load_split(DATA, "val")))
+        _check_ranks(cfg.nproc, cfg.batch_size, split_sizes(DATA).get("val", (0,))[0])
         distributed.relaunch_under_torchrun(cfg.nproc, __file__)    # does not return
     dist, device = distributed.init(cfg.device)
     say = print if dist.main else (lambda *a, **k: None)
