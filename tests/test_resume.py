@@ -19,7 +19,7 @@ from conftest import ROOT, _env, run_stage, tiny_params, write_params
 STATE = ".astroseg/train_state.pt"
 OUTPUTS = ("models/model.pt", "metrics/train_history.tsv")
 # Long enough to be caught mid-run; saves after every step (checkpoint_minutes ~ 6 ms).
-TRAIN = {"epochs": 4, "batch_size": 4, "checkpoint_minutes": 0.0001}
+TRAIN = {"epochs": 10, "batch_size": 4, "checkpoint_minutes": 0.0001}
 
 
 @pytest.fixture(scope="module")
