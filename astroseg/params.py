@@ -77,7 +77,7 @@ class SpiralParams:
 class NoiseParams:
     """Gaussian read noise plus a scaled Poisson term."""
     gaussian_sigma: float = _p(0.02, ge=0)
-    poisson_rate: float = _p(1.0, ge=0)
+    poisson_rate: float = _p(1.0, ge=0, le=1e4)
     poisson_scale: float = _p(0.001, ge=0)
 
 
@@ -110,13 +110,14 @@ class DataParams:
     """The `data` section: how `prepare` builds data/dataset.h5."""
     source: str = _p("synthetic", choices=("synthetic", "fits"))
     normalize: str = _p("minmax", choices=("minmax", "zscale", "asinh"))
-    seed: int = _p(1234, ge=0)
+    seed: int = _p(1234, ge=0, le=2 ** 64 - 1)
     height: int = _p(128, ge=8)
     width: int = _p(128, ge=8)
     n_train: int = _p(1600, ge=1)
     n_val: int = _p(120, ge=1)
     n_test: int = _p(120, ge=1)
     chunk: int = _p(64, ge=1)
+    workers: int = _p(0, ge=0)
     galaxies: GalaxyParams = _sub(GalaxyParams)
     bar: BarParams = _sub(BarParams)
     spiral: SpiralParams = _sub(SpiralParams)
@@ -130,13 +131,14 @@ class DataParams:
     def record(self) -> dict[str, Any]:
         """The params that determine the dataset's bytes, for the source in use.
 
-        Stored in the dataset file: `chunk` (how many images are rendered at once) and the other
-        source's section do not change a pixel, so they must not change the file either.
+        Stored in the dataset file: `chunk` and `workers` (how many images are rendered at once,
+        and by how many processes) and the other source's section do not change a pixel, so
+        they must not change the file either.
         """
         if self.source == "fits":
             keep = ("source", "normalize", "seed", "fits")
         else:
-            keep = tuple(f.name for f in dataclasses.fields(self) if f.name not in ("chunk", "fits"))
+            keep = tuple(f.name for f in dataclasses.fields(self) if f.name not in ("chunk", "workers", "fits"))
         full = dataclasses.asdict(self)
         return {key: full[key] for key in keep}
 
@@ -255,6 +257,8 @@ class TrainParams:
                                         "max-autotune-no-cudagraphs"))
     log_every: int = _p(50, ge=1)
     checkpoint_minutes: float = _p(10.0, ge=0)
+    max_memory_gb: float = _p(4.0, gt=0)
+    loader_workers: int = _p(2, ge=0)
 
     def check(self) -> None:
         if self.nproc > self.batch_size:
@@ -277,6 +281,8 @@ class EvaluateParams:
     n_examples: int = _p(8, ge=0)
     tta: bool = _p(True)
     device: str = _p("auto", choices=("auto", "cpu", "cuda"))
+    max_memory_gb: float = _p(4.0, gt=0)
+    loader_workers: int = _p(2, ge=0)
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,11 @@ import sys
 
 from astroseg.atomic import write_json
 from astroseg.models.checkpoint import load_checkpoint
-from astroseg.data.dataset import load_split, read_attrs
+from astroseg.data.dataset import load_split, read_attrs, read_meta, split_sizes
+from astroseg.data.stream import sequential_blocks, split_bytes, streamed
 from astroseg.device import resolve_device
 from astroseg.errors import DataError, run_main
-from astroseg.scoring.evaluation import evaluate
+from astroseg.scoring.evaluation import evaluate, evaluate_stream
 from astroseg.scoring.examples import Examples, save_examples
 from astroseg.params import load_params
 
@@ -22,14 +23,27 @@ def main() -> None:
     cfg = params.evaluate
     device = resolve_device(cfg.device, "evaluate.device")
     model, checkpoint = load_checkpoint(MODEL, device)
-    test = load_split(DATA, "test")
+    attrs = read_attrs(DATA)
     trained_on = checkpoint["meta"].get("normalization", "minmax")
-    if read_attrs(DATA).get("normalization", "minmax") != trained_on:
-        raise DataError(f"{DATA} is normalised with '{read_attrs(DATA).get('normalization')}' "
+    if attrs.get("normalization", "minmax") != trained_on:
+        raise DataError(f"{DATA} is normalised with '{attrs.get('normalization')}' "
                         f"but {MODEL} was trained on '{trained_on}': rerun the train stage")
-    result = evaluate(model, test, params.loss, device, cfg.batch_size, cfg.threshold,
-                      keep=cfg.n_examples, tta=cfg.tta)
-    metrics = {**result.summary(), "pooled": result.pooled(), "n_images": len(test),
+    shape = split_sizes(DATA).get("test")
+    if shape is not None and split_bytes(shape) > cfg.max_memory_gb * 1e9:
+        # Larger than evaluate.max_memory_gb: stream it in file order, block by block.
+        stream = streamed(DATA, "test", cfg.max_memory_gb, cfg.loader_workers)
+        blocks = sequential_blocks(stream, 0, stream.n, pin=device.type == "cuda")
+        result = evaluate_stream(model, blocks, params.loss, device, cfg.batch_size,
+                                 cfg.threshold, keep=cfg.n_examples, tta=cfg.tta)
+        test = load_split(DATA, "test", limit=cfg.n_examples)   # the examples' inputs
+        test.meta = read_meta(DATA, "test")
+        n_images = stream.n
+    else:
+        test = load_split(DATA, "test")
+        result = evaluate(model, test, params.loss, device, cfg.batch_size, cfg.threshold,
+                          keep=cfg.n_examples, tta=cfg.tta)
+        n_images = len(test)
+    metrics = {**result.summary(), "pooled": result.pooled(), "n_images": n_images,
                "threshold": cfg.threshold, "tta": cfg.tta}
     class_names = checkpoint["meta"].get("class_names", ["background", "source"])
     if len(class_names) > 2:
@@ -46,7 +60,7 @@ def main() -> None:
                                         result.labels))
     print(f"evaluate: test IoU {metrics['iou']:.4f} | Dice {metrics['dice']:.4f} | "
           f"precision {metrics['precision']:.4f} | recall {metrics['recall']:.4f} "
-          f"over {len(test)} images -> {METRICS}")
+          f"over {n_images} images -> {METRICS}")
 
 
 if __name__ == "__main__":

@@ -6,26 +6,28 @@ import time
 import numpy as np
 
 from astroseg.data.dataset import SPLITS, DatasetWriter
-from astroseg.errors import run_main
 from astroseg.data.fits_source import write_fits_dataset
-from astroseg.params import DataParams, load_params
+from astroseg.data.parallel import resolve_workers
 from astroseg.data.synthetic import generate
+from astroseg.errors import run_main
+from astroseg.params import DataParams, load_params
 
 OUT = "data/dataset.h5"
 META_DTYPES = {"n_sources": np.uint8, "has_bar": np.bool_, "has_spiral": np.bool_}
 
 
 def prepare_synthetic(p: DataParams) -> dict[str, int]:
-    """Render the synthetic splits chunk by chunk into OUT."""
+    """Render the synthetic splits chunk by chunk, in `data.workers` processes, into OUT."""
     attrs = {"source": p.source, "class_names": ["background", "source"],
              "normalization": p.normalize, "params": p.record()}
     sizes = dict(zip(SPLITS, (p.n_train, p.n_val, p.n_test)))
     with DatasetWriter(OUT, attrs) as out:
-        for split, n in sizes.items():
-            writer = out.split(split, n, (p.height, p.width), META_DTYPES)
-            for chunk in generate(p, split, n):
-                meta = {k: getattr(chunk, k) for k in META_DTYPES}
-                writer.write(chunk.start, chunk.images, chunk.masks, meta)
+        writers = {}
+        for split, chunk in generate(p, sizes, resolve_workers(p.workers)):
+            if split not in writers:
+                writers[split] = out.split(split, sizes[split], (p.height, p.width), META_DTYPES)
+            meta = {k: getattr(chunk, k) for k in META_DTYPES}
+            writers[split].write(chunk.start, chunk.images, chunk.masks, meta)
     return sizes
 
 

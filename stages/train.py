@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
-from astroseg.data.dataset import load_split, read_attrs, split_sizes
+from astroseg.data.dataset import Split, load_split, read_attrs, split_sizes
+from astroseg.data.stream import StreamedSplit, split_bytes, streamed
 from astroseg.device import resolve_precision
 from astroseg.errors import ParamsError, run_main
 from astroseg.models import build_model
 from astroseg.models.checkpoint import save_checkpoint
-from astroseg.params import Params, load_params, to_dict
+from astroseg.params import Params, TrainParams, load_params, to_dict
 from astroseg.train import distributed
 from astroseg.train.history import EpochRecord, write_history
 from astroseg.train.loop import train_model
@@ -27,7 +28,8 @@ MODEL = "models/model.pt"
 HISTORY = "metrics/train_history.tsv"
 STATE = ".astroseg/train_state.pt"
 # Params that change how a run is watched or spread over processes, not what it computes.
-NOT_IN_RESULT = ("progress", "log_every", "checkpoint_minutes", "nproc", "data_on_device")
+NOT_IN_RESULT = ("progress", "log_every", "checkpoint_minutes", "nproc", "data_on_device",
+                 "loader_workers")
 
 
 def _checked_model(params: Params, attrs: dict,
@@ -44,6 +46,13 @@ def _checked_model(params: Params, attrs: dict,
         return build_model(config), config
     except ValueError as exc:
         raise ParamsError(f"model.{config['name']}: {exc}") from None
+
+
+def _split(name: str, sizes: dict[str, tuple[int, ...]], cfg: TrainParams) -> Split | StreamedSplit:
+    """The split in memory, or streamed from DATA if it is larger than train.max_memory_gb."""
+    if name in sizes and split_bytes(sizes[name]) > cfg.max_memory_gb * 1e9:
+        return streamed(DATA, name, cfg.max_memory_gb, cfg.loader_workers)
+    return load_split(DATA, name)
 
 
 def _check_ranks(world: int, batch_size: int, n_val: int) -> None:
@@ -65,8 +74,15 @@ def main() -> None:
     dist, device = distributed.init(cfg.device)
     say = print if dist.main else (lambda *a, **k: None)
     try:
-        train, val = load_split(DATA, "train"), load_split(DATA, "val")
+        sizes = split_sizes(DATA)
+        train, val = (_split(name, sizes, cfg) for name in ("train", "val"))
         _check_ranks(dist.world, cfg.batch_size, len(val))
+        for s in (train, val):
+            if isinstance(s, StreamedSplit):
+                say(f"train: streaming {s.split} ({split_bytes((s.n, *s.shape)) / 1e9:.2f} GB > "
+                    f"train.max_memory_gb = {cfg.max_memory_gb:g}) from {DATA} in shuffled "
+                    f"blocks of {s.block_rows}, buffers of {s.buffer_rows} images, "
+                    f"{s.workers} loader workers")
         if dist.world > 1:   # DDP gave every rank rank 0's weights; decorrelate their dropout
             torch.manual_seed(cfg.seed + dist.rank)
         n_params = sum(p.numel() for p in model.parameters())

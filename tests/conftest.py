@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the CPU, where results are promised bit for bit; tests/test_gpu.py covers CUDA.
 TINY = {
     "data": {"height": 48, "width": 48, "n_train": 32, "n_val": 8, "n_test": 8, "chunk": 16,
+             "workers": 1,
              "galaxies": {"margin": 10.0}},
     "model": {"segformer": {"dims": [8, 16], "depths": [1, 1], "heads": [1, 2],
                             "sr_ratios": [2, 1], "decoder_dim": 16, "refine_dim": 4},

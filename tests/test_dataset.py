@@ -33,19 +33,22 @@ def test_round_trip_keeps_arrays_meta_and_attrs(tmp_path):
 
 
 def test_prepare_stage_is_byte_identical_across_runs_and_pixel_neutral_params(workdir):
-    # data.chunk (how many images are rendered at once) and the unused FITS section change no
-    # pixel, so they must not change the file either (or DVC would retrain everything).
+    # data.chunk and data.workers (how many images are rendered at once, by how many processes)
+    # and the unused FITS section change no pixel, so they must not change the file either (or
+    # DVC would retrain everything). Chunks of 5 and 7 cross the file's HDF5 chunks of 16 rows.
     digests = []
-    for override in ({}, {"data": {"chunk": 5, "fits": {"tile": 256, "images": "x/*.fits"}}}):
+    for override in ({"data": {"workers": 1}},
+                     {"data": {"chunk": 5, "workers": 2, "fits": {"tile": 256, "images": "x/*.fits"}}},
+                     {"data": {"chunk": 7, "workers": 3}}):
         write_params(workdir, tiny_params(**override))
         result = run_stage("prepare", workdir)
         assert result.returncode == 0, result.stderr
         digests.append(hashlib.sha256((workdir / "data" / "dataset.h5").read_bytes()).hexdigest())
-    assert digests[0] == digests[1]
+    assert digests[0] == digests[1] == digests[2]
     assert split_sizes(workdir / "data" / "dataset.h5") == {
         "train": (32, 48, 48), "val": (8, 48, 48), "test": (8, 48, 48)}
     stored = read_attrs(workdir / "data" / "dataset.h5")["params"]
-    assert "chunk" not in stored and "fits" not in stored and stored["n_train"] == 32
+    assert not {"chunk", "workers", "fits"} & set(stored) and stored["n_train"] == 32
 
 
 def test_truncated_file_is_named(tmp_path):

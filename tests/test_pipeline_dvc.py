@@ -71,6 +71,20 @@ def test_evaluate_param_leaves_training_alone(repo):
     assert _ran(sh([DVC, "repro"], repo).stdout) == ["evaluate", "plots"]
 
 
+def test_streamed_training_and_evaluation_through_dvc(repo):
+    # Splits over max_memory_gb (here all of them) are read from disk in blocks, not loaded.
+    _set(repo, "train", "max_memory_gb", 1e-5)
+    _set(repo, "evaluate", "max_memory_gb", 1e-5)
+    out = sh([DVC, "repro"], repo).stdout
+    assert _ran(out) == ["train", "evaluate", "plots"]
+    assert "streaming train" in out and "streaming val" in out
+    metrics = json.loads((repo / "metrics/metrics.json").read_text())
+    assert metrics["n_images"] == 8 and 0 <= metrics["iou"] <= 1
+    assert "up to date" in sh([DVC, "status"], repo).stdout
+    _set(repo, "train", "max_memory_gb", 4.0)
+    _set(repo, "evaluate", "max_memory_gb", 4.0)
+
+
 def test_nproc_2_trains_under_torchrun_through_dvc(repo):
     _set(repo, "train", "nproc", 2)
     out = sh([DVC, "repro"], repo).stdout

@@ -17,7 +17,7 @@ def test_image_i_does_not_depend_on_n_or_chunking():
     part = render(P, "train", range(5, 9))
     assert np.array_equal(whole.images[5:9], part.images)
     assert np.array_equal(whole.masks[5:9], part.masks)
-    chunked = list(generate(dataclasses.replace(P, chunk=5), "train", 12))
+    chunked = [c for _, c in generate(dataclasses.replace(P, chunk=5), {"train": 12})]
     assert [c.start for c in chunked] == [0, 5, 10]
     assert np.array_equal(np.concatenate([c.images for c in chunked]), whole.images)
 

@@ -2,17 +2,18 @@
 
 Schema (version 1):
   /                 attrs: schema_version, source, class_names (JSON), normalization, params (JSON)
-  /<split>/images   float32 (N, H, W), one chunk per image, lzf-compressed
-  /<split>/masks    uint8 (N, H, W), class index per pixel (0 = background)
+  /<split>/images   float32 (N, H, W), chunks of CHUNK_ROWS images, not compressed
+  /<split>/masks    uint8 (N, H, W), class index per pixel (0 = background), lzf
   /<split>/meta/*   one (N,) array per per-image field (n_sources, has_spiral, ...)
   /<split>/valid    optional uint8 (N, H, W), 1 where the pixel was measured (FITS sources)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,12 @@ from astroseg.errors import DataError
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
+# HDF5 chunks of CHUNK_ROWS images (masks, valid maps): what a streamed split reads in blocks
+# of. Images are stored raw: the noise fills the low bits of every float32, so no filter
+# shrank them, and lzf cost a third of the read speed. Masks compress 25x with lzf. Chosen by
+# benchmarks/bench_h5_layout.py (benchmarks/README.md, "HDF5 chunk layout for streaming").
+CHUNK_ROWS = 16
+COMPRESSION = {"images": {}, "masks": {"compression": "lzf"}, "valid": {"compression": "lzf"}}
 
 
 @dataclass
@@ -38,18 +45,35 @@ class Split:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(H, W) of every image."""
+        return self.images.shape[1:]
+
 
 @dataclass
 class SplitWriter:
-    """Writes rows of one split into datasets created with their final size."""
+    """Writes the rows of one split in order, a whole HDF5 chunk at a time.
+
+    Rows are held until a chunk of `rows` rows is complete, so the file's chunks are written in
+    row order, each once, whatever the batches handed to `write` are: the bytes of the file do
+    not depend on data.chunk or data.workers.
+    """
     group: h5py.Group
+    rows: int                  # per HDF5 chunk
+    _next: int = 0
+    _held: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     def write(self, start: int, images: np.ndarray, masks: np.ndarray,
               meta: dict[str, np.ndarray], valid: np.ndarray | None = None) -> None:
         """Write rows [start, start + len(images)) of images, masks, metadata (and valid maps).
 
-        A split created with unknown size grows to fit.
+        `start` must be the row after the last one written. A split created with unknown size
+        grows to fit.
         """
+        if start != self._next:
+            raise DataError(f"{self.group.name}: rows must be written in order: got row {start}, "
+                            f"expected {self._next}")
         stop = start + len(images)
         arrays = {"images": images, "masks": masks, **({"valid": valid} if valid is not None else {})}
         lengths = {key: len(values) for key, values in {**arrays, **meta}.items()}
@@ -58,17 +82,32 @@ class SplitWriter:
         for target in [self.group[k] for k in arrays] + [self.group["meta"][k] for k in meta]:
             if target.shape[0] < stop:
                 target.resize(stop, axis=0)
-        # Metadata first: its storage is allocated at the first write, before any image chunk,
-        # whatever the batch size.
+        # Metadata first: its storage is allocated at the first write, before any image chunk.
         for key, values in meta.items():
             self.group["meta"][key][start:stop] = values
-        # Image by image, each with its mask: compressed chunks are placed in the file in the
-        # order they are written, so writing a whole batch of images, then its masks, would make
-        # the bytes depend on the batch size (data.chunk).
-        pairs = [(self.group[key], values) for key, values in arrays.items()]
-        for i in range(len(images)):
-            for target, values in pairs:
-                target[start + i] = values[i]
+        for key, values in arrays.items():
+            self._held.setdefault(key, []).append(values)
+        self._next = stop
+        self._write_chunks(final=False)
+
+    def close(self) -> None:
+        """Write the held rows (the last, partial chunk)."""
+        self._write_chunks(final=True)
+
+    def _write_chunks(self, final: bool) -> None:
+        if not self._held:
+            return
+        held = {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in self._held.items()}
+        n = len(held["images"])
+        first = self._next - n
+        whole = n if final else n - n % self.rows
+        # Chunk by chunk, images then masks (then valid): chunks are placed in the file in the
+        # order they are written.
+        for c in range(0, whole, self.rows):
+            rows = slice(c, min(whole, c + self.rows))
+            for key, values in held.items():
+                self.group[key][first + rows.start:first + rows.stop] = values[rows]
+        self._held = {k: [v[whole:]] for k, v in held.items()} if whole < n else {}
 
 
 class DatasetWriter:
@@ -79,6 +118,7 @@ class DatasetWriter:
         self.attrs = attrs
         self._atomic = atomic_output(self.path)
         self._file: h5py.File | None = None
+        self._splits: list[SplitWriter] = []
 
     def __enter__(self) -> DatasetWriter:
         tmp = self._atomic.__enter__()
@@ -96,23 +136,30 @@ class DatasetWriter:
         group = self._file.create_group(name)
         grow = {"maxshape": (None, *shape)} if n is None else {}
         n = 0 if n is None else n
+        rows = CHUNK_ROWS if grow else max(1, min(CHUNK_ROWS, n))   # HDF5: a chunk fits the data
         keys = (("images", np.float32), ("masks", np.uint8)) + ((("valid", np.uint8),) if valid else ())
         # track_times=False keeps the bytes identical across runs of the same params.
         for key, dtype in keys:
-            group.create_dataset(key, shape=(n, *shape), dtype=dtype, chunks=(1, *shape),
-                                 compression="lzf", track_times=False, **grow)
+            group.create_dataset(key, shape=(n, *shape), dtype=dtype, chunks=(rows, *shape),
+                                 track_times=False, **COMPRESSION[key], **grow)
         meta = group.create_group("meta")
         for key, dtype in meta_dtypes.items():
             meta.create_dataset(key, shape=(n,), dtype=dtype, track_times=False,
                                 **({"maxshape": (None,)} if grow else {}))
-        return SplitWriter(group)
+        self._splits.append(SplitWriter(group, rows))
+        return self._splits[-1]
 
     def set_attr(self, key: str, value: Any) -> None:
         """Set a root attribute (JSON-encoded unless a plain str/int/float)."""
         self._file.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
 
     def __exit__(self, *exc_info) -> bool | None:
-        self._file.close()
+        try:
+            if exc_info[0] is None:
+                for split in self._splits:    # their last, partial chunks
+                    split.close()
+        finally:
+            self._file.close()
         return self._atomic.__exit__(*exc_info)
 
 
@@ -167,6 +214,24 @@ def load_split(path: str | os.PathLike, split: str, limit: int | None = None) ->
         raise DataError(f"{path}: {split}/images holds NaN or infinite values")
     return Split(images.astype(np.float32, copy=False), masks.astype(np.uint8, copy=False), meta,
                  valid)
+
+
+@contextlib.contextmanager
+def open_split(path: str | os.PathLike, split: str) -> Iterator[h5py.Group]:
+    """The group of `split` in an open dataset file, schema checked."""
+    path = Path(path)
+    with _open(path) as f:
+        _checked_attrs(f, path)
+        if split not in f or "images" not in f[split] or "masks" not in f[split]:
+            raise DataError(f"{path}: no split '{split}' with images and masks (found: "
+                            f"{', '.join(f.keys()) or 'none'})")
+        yield f[split]
+
+
+def read_meta(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
+    """The per-image metadata of `split` (small: one value per image), without the pixels."""
+    with open_split(path, split) as group:
+        return {k: v[:] for k, v in group["meta"].items()} if "meta" in group else {}
 
 
 def split_sizes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:

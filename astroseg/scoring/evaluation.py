@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +88,18 @@ def evaluate_tensors(model: nn.Module, images: torch.Tensor, masks: torch.Tensor
         foreground=torch.cat(fg).cpu().numpy() if fg else empty.astype(np.float32),
         labels=torch.cat(labels).cpu().numpy() if labels else empty.astype(np.uint8),
     )
+
+
+def evaluate_stream(model: nn.Module, blocks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    loss: LossParams, device: torch.device, batch_size: int,
+                    threshold: float = 0.5, keep: int = 0, tta: bool = False) -> Evaluation:
+    """`evaluate_tensors` over consecutive (images, masks) blocks of a split streamed from disk."""
+    parts, seen = [], 0
+    for images, masks in blocks:
+        parts.append(evaluate_tensors(model, images, masks, loss, device, batch_size, threshold,
+                                      max(0, keep - seen), tta))
+        seen += len(images)
+    return concat(parts)
 
 
 def concat(parts: list[Evaluation]) -> Evaluation:

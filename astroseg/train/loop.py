@@ -18,12 +18,14 @@ from torch import nn
 from tqdm import tqdm
 
 from astroseg.data.dataset import Split
+from astroseg.data.stream import StreamedSplit, sequential_blocks
 from astroseg.device import resolve_precision
 from astroseg.errors import DataError
 from astroseg.models.symmetry import apply_ops, draw_ops
 from astroseg.params import LossParams, TrainParams
-from astroseg.scoring.evaluation import as_tensors, concat, evaluate_tensors
+from astroseg.scoring.evaluation import as_tensors, concat, evaluate_stream, evaluate_tensors
 from astroseg.scoring.losses import segmentation_loss
+from astroseg.train.batches import InMemory, Streamed
 from astroseg.train.distributed import (SINGLE, Dist, all_sum, any_rank, barrier, gather_objects,
                                         shard, wrap)
 from astroseg.train.history import EpochRecord
@@ -87,11 +89,33 @@ def _compiled(net: nn.Module, mode: str, device: torch.device) -> nn.Module:
     return torch.compile(net, mode=None if mode == "true" else mode, dynamic=False)
 
 
-def _validate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss: LossParams,
-              device: torch.device, batch_size: int, d: Dist) -> dict[str, float]:
+def _validate(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor] | StreamedSplit,
+              loss: LossParams, device: torch.device, batch_size: int, d: Dist) -> dict[str, float]:
     """Scores on the validation split, each rank scoring its shard, gathered in order."""
-    part = evaluate_tensors(model, images, masks, loss, device, batch_size)
+    if isinstance(val, StreamedSplit):
+        first, stop = (int(t[0]), int(t[-1]) + 1) if len(t := shard(torch.arange(val.n), d)) else (0, 0)
+        blocks = sequential_blocks(val, first, stop, pin=device.type == "cuda")
+        part = evaluate_stream(model, blocks, loss, device, batch_size)
+    else:
+        part = evaluate_tensors(model, *val, loss, device, batch_size)
     return concat(gather_objects(part, d)).summary()
+
+
+def _sources(train: Split | StreamedSplit, val: Split | StreamedSplit, cfg: TrainParams,
+             device: torch.device, d: Dist
+             ) -> tuple[InMemory | Streamed, tuple[torch.Tensor, torch.Tensor] | StreamedSplit]:
+    """The training batches' source, and the validation shard (tensors, or the split to stream)."""
+    in_memory = [s for s in (train, val) if isinstance(s, Split)]
+    nbytes = sum(a.nbytes for s in in_memory for a in (s.images, s.masks))
+    on_device = bool(in_memory) and data_on_device(cfg.data_on_device, device, nbytes)
+    if isinstance(train, StreamedSplit):
+        source = Streamed(train, cfg.seed, pin=device.type == "cuda")
+    else:
+        source = InMemory(train, device if on_device else None)
+    if isinstance(val, StreamedSplit):
+        return source, val
+    shards = tuple(shard(t, d) for t in as_tensors(val))
+    return source, tuple(t.to(device) for t in shards) if on_device else shards
 
 
 def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
@@ -134,8 +158,8 @@ def _resume(checkpointer: Checkpointer, model: nn.Module, optimizer: torch.optim
     return p
 
 
-def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, loss: LossParams,
-                device: torch.device,
+def train_model(model: nn.Module, train: Split | StreamedSplit, val: Split | StreamedSplit,
+                cfg: TrainParams, loss: LossParams, device: torch.device,
                 on_epoch: Callable[[EpochRecord], None] | None = None, *,
                 dist: Dist = SINGLE, checkpointer: Checkpointer | None = None,
                 on_resume: Callable[[str], None] | None = None) -> TrainResult:
@@ -159,15 +183,10 @@ def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, lo
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=True)
     rng = torch.Generator().manual_seed(cfg.seed)
-    images, masks = as_tensors(train)
-    val_images, val_masks = (shard(t, dist) for t in as_tensors(val))
-    nbytes = sum(a.nbytes for a in (train.images, train.masks, val.images, val.masks))
-    if data_on_device(cfg.data_on_device, device, nbytes):
-        images, masks = images.to(device), masks.to(device)
-        val_images, val_masks = val_images.to(device), val_masks.to(device)
+    source, validation = _sources(train, val, cfg, device, dist)
     n, batch = len(train), cfg.batch_size
     trained = n - n % batch if 0 < n % batch < dist.world else n   # less a skipped remainder
-    square = train.images.shape[-1] == train.images.shape[-2]
+    square = train.shape[-1] == train.shape[-2]
     steps_per_epoch = math.ceil(trained / batch)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
@@ -194,20 +213,20 @@ def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, lo
             break
         model.train()
         if p.order is None:
-            p.order = torch.randperm(n, generator=rng)
+            p.order = source.order(p.epoch, rng)
             p.running = torch.zeros((), dtype=torch.float64, device=device)
-        order = p.order.to(images.device)
         p.running = p.running.to(device)
         bar = tqdm(total=steps_per_epoch, initial=p.position // batch, unit="batch",
                    desc=f"epoch {p.epoch}/{cfg.epochs}", leave=False,
                    disable=None if show else True)
+        batches = source.batches(p.epoch, p.order, p.position, batch, dist)
         while p.position < n:
             count = min(batch, n - p.position)     # the global batch
             if count < dist.world:   # some rank would get no image: skip this remainder
                 p.position = n
                 break
-            mine = shard(order[p.position:p.position + count], dist)
-            x, y = _to_device(images[mine], device), _to_device(masks[mine], device)
+            x, y = next(batches)
+            x, y = _to_device(x, device), _to_device(y, device)
             if cfg.augment:   # drawn for the global batch, so every rank stays in step
                 ops = _to_device(shard(draw_ops(count, rng, square), dist), device)
                 x, y = apply_ops(x, ops), apply_ops(y, ops)
@@ -243,7 +262,7 @@ def train_model(model: nn.Module, train: Split, val: Split, cfg: TrainParams, lo
                         f" in epoch {p.epoch} after {p.position} of {n} images; saved the "
                         f"training state to {checkpointer.path}: rerun the stage to resume")
         bar.close()
-        summary = _validate(model, val_images, val_masks, loss, device, max(batch, 32), dist)
+        summary = _validate(model, validation, loss, device, max(batch, 32), dist)
         train_loss = float(all_sum(p.running.clone(), dist)) / trained
         record = EpochRecord(epoch=p.epoch, train_loss=train_loss, val_loss=summary["loss"],
                              val_iou=summary["iou"], val_dice=summary["dice"],

@@ -1,0 +1,143 @@
+"""A split too large for memory, read from the dataset file in chunk-aligned blocks.
+
+Training visits the rows in a two-level shuffle: the blocks (whole HDF5 chunks, contiguous on
+disk) in a random order, then the rows of every few consecutive blocks (a buffer) shuffled
+together. The order is a function of (seed, epoch) alone, so it does not depend on the number of
+loader workers or ranks, and every row comes once per epoch. A buffer is one item of a
+torch DataLoader: its workers each open their own h5py handle, read whole blocks, and hand over
+the rows in the shuffled order; memory holds the buffers in flight, not the split.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from astroseg.data.dataset import open_split
+from astroseg.errors import DataError
+
+BLOCKS_PER_BUFFER_MAX = 64
+IN_FLIGHT = 6   # buffers a streamed loader may hold at once: (workers x prefetch) plus two
+
+
+@dataclass(frozen=True)
+class StreamedSplit:
+    """Where a split is and how to stream it: `buffer_rows` rows shuffled together."""
+    path: Path
+    split: str
+    n: int
+    shape: tuple[int, int]
+    block_rows: int           # rows per block: the file's HDF5 chunk rows
+    buffer_rows: int
+    workers: int = 2
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def split_bytes(shape: tuple[int, ...], valid: bool = False) -> int:
+    """Bytes of a split's images (float32) and masks (uint8) in memory."""
+    return math.prod(shape) * (4 + 1 + int(valid))
+
+
+def streamed(path: str | os.PathLike, split: str, max_memory_gb: float,
+             workers: int) -> StreamedSplit:
+    """A StreamedSplit of `split`, with buffers sized so IN_FLIGHT of them fit `max_memory_gb`."""
+    path = Path(path)
+    with open_split(path, split) as group:
+        images = group["images"]
+        n, shape = images.shape[0], tuple(images.shape[1:])
+        block = images.chunks[0] if images.chunks else 1
+    row = split_bytes((1, *shape))
+    blocks = int(max_memory_gb * 1e9 / IN_FLIGHT / (row * block))
+    buffer = block * max(1, min(BLOCKS_PER_BUFFER_MAX, blocks))
+    return StreamedSplit(path, split, n, shape, block, buffer, workers)
+
+
+def block_order(n: int, block: int, buffer: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The rows of one epoch, as buffers: blocks of `block` rows in a shuffled order, and the
+    rows of each `buffer` // `block` consecutive blocks shuffled together."""
+    rng = np.random.Generator(np.random.Philox(key=[seed, epoch]))
+    starts = rng.permutation(np.arange(0, n, block))
+    per = max(1, buffer // block)
+    out = []
+    for i in range(0, len(starts), per):
+        rows = np.concatenate([np.arange(s, min(n, s + block)) for s in starts[i:i + per]])
+        out.append(rng.permutation(rows))
+    return out
+
+
+class _Rows(Dataset):
+    """Item i: images and masks of the rows `wanted[i]`, in that order, read block by block."""
+
+    def __init__(self, s: StreamedSplit, wanted: list[np.ndarray]):
+        self.s, self.wanted = s, wanted
+        self._file: h5py.File | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.wanted)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None}   # a worker started by spawn opens its own
+
+    def _group(self) -> h5py.Group:
+        if self._file is None or self._pid != os.getpid():   # a handle per worker process
+            self._file = h5py.File(self.s.path, "r")
+            self._pid = os.getpid()
+        return self._file[self.s.split]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.wanted[i]
+        group, block = self._group(), self.s.block_rows
+        images = np.empty((len(rows), *self.s.shape), np.float32)
+        masks = np.empty((len(rows), *self.s.shape), np.uint8)
+        firsts = rows // block * block
+        for first in np.unique(firsts):
+            where = np.flatnonzero(firsts == first)
+            stop = min(self.s.n, first + block)
+            try:
+                block_images = group["images"][first:stop]
+                block_masks = group["masks"][first:stop]
+            except (KeyError, OSError) as exc:
+                raise DataError(f"{self.s.path}: cannot read rows {first}-{stop - 1} of split "
+                                f"'{self.s.split}': {exc}") from None
+            if not np.isfinite(block_images).all():
+                raise DataError(f"{self.s.path}: {self.s.split}/images rows {first}-{stop - 1} "
+                                "hold NaN or infinite values")
+            images[where] = block_images[rows[where] - first]
+            masks[where] = block_masks[rows[where] - first]
+        return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(masks).unsqueeze(1)
+
+
+def _loader(s: StreamedSplit, wanted: list[np.ndarray], pin: bool) -> DataLoader:
+    workers = min(s.workers, len(wanted))
+    return DataLoader(_Rows(s, wanted), batch_size=None, shuffle=False, num_workers=workers,
+                      pin_memory=pin, prefetch_factor=2 if workers else None)
+
+
+def shuffled_rows(s: StreamedSplit, buffers: list[np.ndarray], start: int, mine: np.ndarray,
+                  pin: bool = False) -> DataLoader:
+    """A loader of the epoch's `buffers` (from block_order) from position `start` on, keeping
+    the positions where `mine` (bool, one per position of the epoch) is set."""
+    wanted, offset = [], 0
+    for rows in buffers:
+        end = offset + len(rows)
+        if end > start:
+            keep = mine[max(start, offset):end]
+            wanted.append(rows[max(start, offset) - offset:][keep])
+        offset = end
+    return _loader(s, [w for w in wanted if len(w)], pin)
+
+
+def sequential_blocks(s: StreamedSplit, first: int, stop: int, pin: bool = False) -> DataLoader:
+    """A loader of rows [first, stop) in file order, a buffer at a time (for evaluation)."""
+    edges = list(range(first, stop, s.buffer_rows)) + [stop]
+    return _loader(s, [np.arange(a, b) for a, b in zip(edges, edges[1:]) if b > a], pin)
