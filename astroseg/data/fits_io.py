@@ -14,6 +14,8 @@ What real files bring and how it is handled:
   - Bad pixels: `open_image` also takes a bad-pixel HDU of the same file (e.g. DQ) and/or a
     bad-pixel map file, nonzero = bad; flagged pixels are invalid in every row block. Dataset
     preparation and prediction both read through it, so they cannot disagree on validity.
+  - Tile-compressed images (RICE_1, GZIP_1/2, HCOMPRESS_1, PLIO_1) are read through the same
+    section access; corrupt tile data, like a truncated file, is a DataError naming the file.
 Big images are read in row blocks through `ImageSource.rows`, which uses astropy's section
 access on a memory-mapped file, so a survey image need not fit in memory.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +34,19 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 
 from astroseg.errors import DataError
+
+try:   # raised by the RICE, HCOMPRESS and PLIO decoders of tile-compressed images
+    from astropy.io.fits.hdu.compressed._compression import CfitsioException
+except ImportError:   # a private module: if astropy moves it, the other types still apply
+    class CfitsioException(Exception):
+        """Placeholder for astropy's private decompression error."""
+
+# What reading pixels can raise on a truncated file or corrupt compressed tiles: OSError
+# (truncated memmap, gzip.BadGzipFile), zlib.error and EOFError (GZIP_1/2 tiles),
+# CfitsioException (RICE_1, HCOMPRESS_1, PLIO_1), ValueError/IndexError (a tile that
+# decompresses to the wrong size), TypeError, OverflowError (absurd tile lengths).
+_READ_ERRORS = (OSError, ValueError, TypeError, EOFError, IndexError, OverflowError, zlib.error,
+                CfitsioException)
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")
 PNG_SUFFIXES = (".png",)
@@ -169,7 +185,13 @@ class ImageSource:
             lead = (0,) * (len(self._hdu.shape) - 2)   # single-plane cube: plane 0
             try:
                 stored = self._hdu.section[lead + (slice(y0, y1), slice(None))]
-            except (OSError, ValueError, TypeError) as exc:
+            except _READ_ERRORS as exc:
+                detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+                if isinstance(self._hdu, fits.CompImageHDU):
+                    kind = getattr(self._hdu, "compression_type", None) or "tile-compressed"
+                    raise DataError(f"{self.path}: cannot decompress rows {y0}-{y1} of HDU "
+                                    f"{self._hdu.name} ({kind}): corrupt compressed data? "
+                                    f"({detail})") from None
                 raise DataError(f"{self.path}: cannot read rows {y0}-{y1} of HDU "
                                 f"{self._hdu.name}: truncated or corrupt? ({exc})") from None
             data = _physical(np.asarray(stored), self._hdu.header)
