@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -73,36 +74,90 @@ def _note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
 
 
-def _predict(args: argparse.Namespace) -> None:
+def _predict(args: argparse.Namespace) -> int:
     from astroseg.errors import ParamsError
     from astroseg.data.fits_io import is_fits
+    from astroseg.infer.survey import is_survey
 
     if args.batch_size < 1:
         raise ParamsError(f"--batch-size = {args.batch_size}: expected >= 1")
     if not 0 < args.threshold < 1:
         raise ParamsError(f"--threshold = {args.threshold}: expected between 0 and 1")
-    if is_fits(args.input):
+    if args.workers < 1:
+        raise ParamsError(f"--workers = {args.workers}: expected >= 1")
+    if is_survey(args.input, args.output):
+        _check_window(args)
+        return _predict_survey(args)
+    if args.workers > 1:
+        raise ParamsError(f"--workers = {args.workers} with one input file and -o a file: "
+                          "nothing to share out (give several inputs and -o a directory)")
+    source = args.input[0]
+    if is_fits(source):
         from astroseg.infer.predict_fits import predict_fits
 
-        if args.window < 1:
-            raise ParamsError(f"--window = {args.window}: expected >= 1")
-        r = predict_fits(args.input, args.output, args.model, args.device, args.batch_size,
+        _check_window(args)
+        r = predict_fits(source, args.output, args.model, args.device, args.batch_size,
                          args.threshold, args.window, args.overlap, args.hdu,
                          args.precision, args.tta, bad_pixel_hdu=args.bad_pixel_hdu,
                          bad_pixels=args.bad_pixels, progress=True, notify=_note)
-        print(f"{args.output}: probability and mask of {args.input} ({r.height}x{r.width}, "
+        print(f"{args.output}: probability and mask of {source} ({r.height}x{r.width}, "
               f"{r.windows} windows, {r.normalization} normalisation, {r.precision})")
-        return
-    fits_only = [o for o, v in (("--bad-pixel-hdu", args.bad_pixel_hdu),
-                                ("--bad-pixels", args.bad_pixels), ("--hdu", args.hdu)) if v]
+        return 0
+    fits_only = _fits_only(args)
     if fits_only:
-        raise ParamsError(f"{fits_only[0]} applies to FITS input; {args.input} is read as HDF5 "
+        raise ParamsError(f"{fits_only[0]} applies to FITS input; {source} is read as HDF5 "
                           "(already normalised cut-outs)")
     from astroseg.infer.predict import predict_h5
 
-    n = predict_h5(args.input, args.output, args.model, args.device, args.batch_size,
+    n = predict_h5(source, args.output, args.model, args.device, args.batch_size,
                    args.threshold, args.tta, normalize=args.normalize)
     print(f"{args.output}: probabilities and labels for {n} images")
+    return 0
+
+
+def _check_window(args: argparse.Namespace) -> None:
+    from astroseg.errors import ParamsError
+
+    if args.window < 1:
+        raise ParamsError(f"--window = {args.window}: expected >= 1")
+
+
+def _fits_only(args: argparse.Namespace) -> list[str]:
+    return [o for o, v in (("--bad-pixel-hdu", args.bad_pixel_hdu),
+                           ("--bad-pixels", args.bad_pixels), ("--hdu", args.hdu)) if v]
+
+
+def _predict_survey(args: argparse.Namespace) -> int:
+    import signal
+
+    from tqdm import tqdm
+
+    from astroseg.data.fits_io import is_fits
+    from astroseg.errors import ParamsError
+    from astroseg.infer.survey import SUMMARY, Settings, expand_inputs, run_survey
+
+    fits_only = _fits_only(args)
+    if fits_only and not any(is_fits(p) for p in expand_inputs(args.input)):
+        raise ParamsError(f"{fits_only[0]} applies to FITS input; none of the inputs is FITS")
+    settings = Settings(Path(args.model), args.device, args.batch_size, args.threshold,
+                        args.window, args.overlap, args.hdu, args.bad_pixel_hdu, args.bad_pixels,
+                        args.precision, args.tta, args.normalize)
+    # Lines go through tqdm.write so they do not tear the progress bar.
+    try:
+        rows = run_survey(args.input, args.output, settings, args.workers, progress=True,
+                          notify=lambda m: tqdm.write(f"note: {m}", file=sys.stderr),
+                          report=lambda r: tqdm.write(f"error: {r.error}", file=sys.stderr))
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"{signal.Signals(signum).name}: stopped; the outputs written are complete, and "
+              "the same command again does only the rest", file=sys.stderr, flush=True)
+        return 128 + signum
+    if int(os.environ.get("RANK", 0)) == 0:
+        counts = {s: sum(r.status == s for r in rows) for s in ("ok", "skipped", "failed")}
+        print(f"{args.output}: {counts['ok']} segmented, {counts['skipped']} up to date "
+              f"(skipped), {counts['failed']} failed, of {len(rows)} inputs; "
+              f"{Path(args.output) / SUMMARY}")
+    return 1 if any(r.status == "failed" for r in rows) else 0
 
 
 def _make_sky(args: argparse.Namespace) -> None:
@@ -133,14 +188,28 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("dataset", nargs="?", default="data/dataset.h5",
                       help="dataset file written by the prepare stage")
     info.set_defaults(func=_info)
-    pred = sub.add_parser("predict", help="segment an HDF5 stack of cut-outs or a FITS image",
+    pred = sub.add_parser("predict", help="segment HDF5 stacks of cut-outs or FITS images, one "
+                          "file or a whole survey",
                           formatter_class=_HelpFormatter,
                           description="IN.h5 holds 'images' (N, H, W) normalised like training (or raw, "
                           "with --normalize); "
                           "a FITS image of any size is normalised as the model was trained and "
-                          "segmented with blended sliding windows, keeping its WCS.")
-    pred.add_argument("input", help="HDF5 file with a dataset 'images', or a FITS image")
-    pred.add_argument("-o", "--output", required=True, help="HDF5 or FITS file to write")
+                          "segmented with blended sliding windows, keeping its WCS. "
+                          "One input and -o FILE writes FILE. Several inputs, a glob, an @LIST, "
+                          "or -o naming an existing directory or ending in '/' write OUTDIR/"
+                          "<stem>.fits (FITS inputs) or <stem>.h5 (others) per input and "
+                          "OUTDIR/summary.csv; outputs already made by the same model file and "
+                          "settings are skipped, a failed file does not stop the others (exit "
+                          "status 1 at the end). An output never replaces an input.")
+    pred.add_argument("input", nargs="+", help="HDF5 file with a dataset 'images', or a FITS "
+                      "image; or several, globs (quoted: expanded by astroseg, ** included), "
+                      "@LIST files (one path or glob a line, # comments; relative to the list's "
+                      "directory)")
+    pred.add_argument("-o", "--output", required=True, help="HDF5 or FITS file to write, or the "
+                      "OUTDIR of a survey (see above)")
+    pred.add_argument("--workers", type=int, default=1, metavar="N", help="survey: CPU "
+                      "processes, each with cores / N torch threads (under torchrun: one per "
+                      "rank, keep 1)")
     pred.add_argument("--model", default="models/model.pt", help="checkpoint of the train stage")
     pred.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                       help="auto = cuda if available, else cpu")
@@ -183,7 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `astroseg` console script."""
     args = build_parser().parse_args(argv)
-    return run_main(lambda: args.func(args))
+    status = 0
+
+    def call() -> None:
+        nonlocal status
+        status = args.func(args) or 0
+    return run_main(call) or status
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -27,7 +28,7 @@ from torch import nn
 from astroseg.atomic import atomic_output
 from astroseg.models.checkpoint import load_checkpoint
 from astroseg.device import resolve_device
-from astroseg.errors import DataError
+from astroseg.errors import DataError, ParamsError
 from astroseg.scoring.losses import probabilities
 from astroseg.scoring.metrics import predict_labels
 from astroseg.data.normalize import check_method, normalize_array
@@ -130,6 +131,37 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def file_id(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, following symlinks: equal for every path to it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_output(output_path: str | os.PathLike,
+                 keep: list[tuple[str, str | os.PathLike | None]]) -> None:
+    """Refuse an output that is one of the `keep` files (role, path) by any path or link."""
+    out = file_id(output_path)
+    if out is None:
+        return
+    for role, path in keep:
+        # Same device and inode: the same path, a symlink to it, or a hard link.
+        if path is not None and str(path) != "" and file_id(path) == out:
+            raise ParamsError(f"-o {output_path}: is the {role} {path} (the same file); astroseg "
+                              f"never writes over its {role}: choose another output")
+
+
+@dataclass(frozen=True)
+class H5Prediction:
+    """What `segment_h5` did: images segmented, their size, the fraction marked as source."""
+    images: int
+    height: int
+    width: int
+    source_fraction: float
+
+
 def predict_h5(input_path: str | os.PathLike, output_path: str | os.PathLike,
                model_path: str | os.PathLike = "models/model.pt", device: str = "auto",
                batch_size: int = 16, threshold: float = 0.5, tta: bool = False,
@@ -140,8 +172,18 @@ def predict_h5(input_path: str | os.PathLike, output_path: str | os.PathLike,
     file, is a truth. `normalize` applies the model's normalisation to each image (raw pixels
     in). Reads and writes one batch at a time, so memory stays bounded whatever N is. Returns N.
     """
-    input_path = Path(input_path)
     model = load_model(model_path, device)
+    return segment_h5(model, model_path, file_sha256(model_path), input_path, output_path,
+                      batch_size, threshold, tta, normalize).images
+
+
+def segment_h5(model: nn.Module, model_path: str | os.PathLike, model_sha256: str,
+               input_path: str | os.PathLike, output_path: str | os.PathLike,
+               batch_size: int = 16, threshold: float = 0.5, tta: bool = False,
+               normalize: bool = False) -> H5Prediction:
+    """`predict_h5` with a model already loaded (and its file hashed): many files, one load."""
+    input_path = Path(input_path)
+    check_output(output_path, [("input", input_path), ("model", model_path)])
     try:
         src = h5py.File(input_path, "r")
     except FileNotFoundError:
@@ -156,10 +198,11 @@ def predict_h5(input_path: str | os.PathLike, output_path: str | os.PathLike,
         images = src["images"]
         n, h, w = images.shape
         prob_out = label_out = None
+        marked = valid = 0
         for start in range(0, n, batch_size):
+            batch = images[start:start + batch_size]
             try:
-                prob, label = predict(model, images[start:start + batch_size], batch_size,
-                                      threshold, tta, normalize)
+                prob, label = predict(model, batch, batch_size, threshold, tta, normalize)
             except DataError as exc:
                 raise DataError(f"{input_path}: images[{start}:{start + batch_size}]: {exc}") from None
             if prob_out is None:
@@ -169,6 +212,11 @@ def predict_h5(input_path: str | os.PathLike, output_path: str | os.PathLike,
                                                compression="lzf")
             prob_out[start:start + len(prob)] = prob
             label_out[start:start + len(label)] = label
-        out.attrs.update({"model": str(model_path), "model_sha256": file_sha256(model_path),
-                          "threshold": threshold, "tta": tta, "normalized": normalize})
-    return n
+            # Non-finite inputs pass only with `normalize`, and then are invalid (label 0).
+            marked += int(np.count_nonzero(label))
+            valid += int(np.count_nonzero(np.isfinite(batch)))
+        fraction = marked / valid if valid else 0.0
+        out.attrs.update({"model": str(model_path), "model_sha256": model_sha256,
+                          "threshold": threshold, "tta": tta, "normalized": normalize,
+                          "source_fraction": fraction})
+    return H5Prediction(n, h, w, fraction)

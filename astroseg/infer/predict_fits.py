@@ -41,7 +41,7 @@ from astroseg.device import resolve_device, resolve_precision
 from astroseg.errors import DataError, ParamsError
 from astroseg.data.fits_io import STRUCTURAL, HDUNotFound, ImageSource, open_image, parse_hdu
 from astroseg.data.normalize import Normalization, check_method, fit_field
-from astroseg.infer.predict import file_sha256, predict
+from astroseg.infer.predict import check_output, file_sha256, predict
 from astroseg.data.tiling import starts, window_weight
 
 # Cards that state something about the input's pixel values, false of a probability or a mask:
@@ -66,6 +66,7 @@ class FitsPrediction:
     windows: int
     normalization: str
     precision: str
+    source_fraction: float = 0.0   # of the valid pixels, those MASK marks (nonzero)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -132,6 +133,49 @@ def normalized_input(input_path: str | os.PathLike, meta: dict[str, Any],
     return norm.apply(raw, valid), valid, norm
 
 
+@dataclass(frozen=True)
+class FitsModel:
+    """A checkpoint loaded once for many images, with the window settings and its SHA-256."""
+    path: Path
+    model: torch.nn.Module
+    payload: dict[str, Any]
+    sha256: str
+    precision: str
+    window: int
+    overlap: int
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The checkpoint's metadata (normalisation, classes, FITS HDUs read in training)."""
+        return self.payload.get("meta", {})
+
+
+def load_fits_model(model_path: str | os.PathLike = "models/model.pt", device: str = "auto",
+                    precision: str = "auto", window: int = 256, overlap: int = 32,
+                    bad_pixels: str | os.PathLike | None = None, sha256: str | None = None,
+                    notify: Callable[[str], None] | None = None) -> FitsModel:
+    """Load a model for `segment_fits`: window rounded up to its stride, options checked.
+
+    `sha256` is the model file's hash when the caller has it already (hashed once per run).
+    """
+    model_path = Path(model_path)
+    model, payload = load_checkpoint(model_path, resolve_device(device, "--device"))
+    model = model.to(memory_format=torch.channels_last)  # ~10% faster convolutions on CPU
+    precision = resolve_precision(precision, next(model.parameters()).device)
+    stride = getattr(model, "stride", 1)
+    asked, window = window, _round_up(window, stride)
+    if window != asked and notify is not None:
+        notify(f"window {asked} rounded up to {window}, a multiple of the model's stride {stride}")
+    trained_maps = (payload.get("meta", {}).get("fits") or {}).get("bad_pixels")
+    if trained_maps and bad_pixels is None and notify is not None:
+        notify(f"{model_path} was trained with bad-pixel maps (data.fits.bad_pixels = "
+               f"{trained_maps!r}); give this image's map with --bad-pixels")
+    if overlap < 0 or overlap >= window:
+        raise ParamsError(f"--overlap = {overlap}: expected 0 <= overlap < window ({window})")
+    return FitsModel(model_path, model, payload, sha256 or file_sha256(model_path), precision,
+                     window, overlap)
+
+
 def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
                  model_path: str | os.PathLike = "models/model.pt", device: str = "auto",
                  batch_size: int = 8, threshold: float = 0.5, window: int = 256,
@@ -145,27 +189,29 @@ def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
     `hdu`/`bad_pixel_hdu` None: as the model was trained; "": the first image HDU / none.
     `progress` shows a bar over window rows on a terminal; `notify` receives one-line notes.
     """
+    fm = load_fits_model(model_path, device, precision, window, overlap, bad_pixels,
+                         notify=notify)
+    return segment_fits(fm, input_path, output_path, batch_size, threshold, hdu, tta,
+                        bad_pixel_hdu, bad_pixels, progress)
+
+
+def segment_fits(fm: FitsModel, input_path: str | os.PathLike, output_path: str | os.PathLike,
+                 batch_size: int = 8, threshold: float = 0.5, hdu: int | str | None = None,
+                 tta: bool = False, bad_pixel_hdu: int | str | None = None,
+                 bad_pixels: str | os.PathLike | None = None,
+                 progress: bool = False) -> FitsPrediction:
+    """`predict_fits` with a model loaded by `load_fits_model` (many images, one load)."""
     input_path, output_path = Path(input_path), Path(output_path)
-    model, payload = load_checkpoint(model_path, resolve_device(device, "--device"))
-    model = model.to(memory_format=torch.channels_last)  # ~10% faster convolutions on CPU
-    precision = resolve_precision(precision, next(model.parameters()).device)
-    meta = payload.get("meta", {})
+    check_output(output_path, [("input", input_path), ("model", fm.path),
+                               ("bad-pixel map", bad_pixels)])
+    model, payload, meta = fm.model, fm.payload, fm.meta
     class_names = list(meta.get("class_names", ["background", "source"]))
-    stride = getattr(model, "stride", 1)
-    asked, window = window, _round_up(window, stride)
-    if window != asked and notify is not None:
-        notify(f"window {asked} rounded up to {window}, a multiple of the model's stride {stride}")
-    trained_maps = (meta.get("fits") or {}).get("bad_pixels")
-    if trained_maps and bad_pixels is None and notify is not None:
-        notify(f"{model_path} was trained with bad-pixel maps (data.fits.bad_pixels = "
-               f"{trained_maps!r}); give this image's map with --bad-pixels")
-    if overlap < 0 or overlap >= window:
-        raise ParamsError(f"--overlap = {overlap}: expected 0 <= overlap < window ({window})")
-    with open_input(input_path, meta, hdu, bad_pixel_hdu, bad_pixels, str(model_path)) as src, \
+    stride, window, overlap = getattr(model, "stride", 1), fm.window, fm.overlap
+    with open_input(input_path, meta, hdu, bad_pixel_hdu, bad_pixels, str(fm.path)) as src, \
             tempfile.TemporaryDirectory(prefix=".astroseg-", dir=output_path.parent
                                         if output_path.parent.exists() else None) as tmp:
         height, width = src.shape
-        norm = _fit(src, meta, str(model_path))
+        norm = _fit(src, meta, str(fm.path))
         win_h, win_w = min(window, _round_up(height, stride)), min(window, _round_up(width, stride))
         ys, xs = starts(height, win_h, win_h - overlap), starts(width, win_w, win_w - overlap)
         weight = window_weight(win_h, win_w, overlap)
@@ -201,7 +247,7 @@ def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
             x[:len(rows), :width] = norm.apply(rows, valid)
             valid_rows[:len(rows), :width] = valid
             tiles = np.stack([x[:, x0:x0 + win_w] for x0 in xs])
-            with _autocast(model, precision):
+            with _autocast(model, fm.precision):
                 prob, _ = predict(model, tiles, batch_size, threshold, tta)
             prob = prob.reshape(len(xs), k, win_h, win_w)
             for p, x0 in zip(prob, xs):
@@ -210,21 +256,24 @@ def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
         flush(height)
         probs.flush()
 
+        fraction = _source_fraction(probs, threshold)
         header = output_header(src.header, src.header.get("NAXIS", 2))
-        header["ASMODEL"] = (Path(model_path).name, "astroseg model file")
-        header["ASMHASH"] = file_sha256(model_path)  # SHA-256 of the model file (no room for a comment)
+        header["ASMODEL"] = (fm.path.name, "astroseg model file")
+        header["ASMHASH"] = fm.sha256  # SHA-256 of the model file (no room for a comment)
         header["ASTHRESH"] = (threshold, "probability threshold of MASK")
         header["ASNORM"] = (norm.method, "input normalisation")
         header["ASNLO"] = (norm.lo, "normalisation: raw value mapped to 0")
         header["ASNHI"] = (norm.hi, "normalisation: raw value mapped to 1")
         header["ASWINDOW"] = (window, "sliding window size (pixels)")
         header["ASOVERLP"] = (overlap, "window overlap (pixels)")
-        header["ASPREC"] = (precision, "inference precision")
+        header["ASPREC"] = (fm.precision, "inference precision")
         header["ASTTA"] = (tta, "logits averaged over the 8 flips/rotations")
         header["ASVERSN"] = (__version__, "astroseg version")
         header["ASINPUT"] = (input_path.name, "segmented image")
+        header["ASSRCFRC"] = (fraction, "fraction of valid pixels that MASK marks")
         _write_output(output_path, probs, header, threshold, class_names)
-    return FitsPrediction(height, width, len(ys) * len(xs), norm.method, precision)
+    return FitsPrediction(height, width, len(ys) * len(xs), norm.method, fm.precision,
+                          fraction)
 
 
 def _autocast(model: torch.nn.Module, precision: str):
@@ -238,6 +287,16 @@ def _mask_block(prob: np.ndarray, threshold: float) -> np.ndarray:
     labels = np.nan_to_num(prob, nan=-1.0).argmax(axis=0).astype(np.uint8)
     labels[np.isnan(prob[0])] = 0
     return labels
+
+
+def _source_fraction(probs: np.ndarray, threshold: float) -> float:
+    """The fraction of valid (non-NaN) pixels that the mask marks, read block by block."""
+    marked = valid = 0
+    for y0 in range(0, probs.shape[1], _BLOCK_ROWS):
+        block = probs[:, y0:y0 + _BLOCK_ROWS]
+        marked += int(np.count_nonzero(_mask_block(block, threshold)))
+        valid += int(np.count_nonzero(~np.isnan(block[0])))
+    return marked / valid if valid else 0.0
 
 
 def _write_output(path: Path, probs: np.ndarray, header: fits.Header, threshold: float,
