@@ -246,7 +246,7 @@ class TrainParams:
     augment: bool = _p(True)
     early_stopping: int = _p(0, ge=0)
     precision: str = _p("auto", choices=("auto", "fp32", "bf16"))
-    seed: int = _p(1234, ge=0)
+    seed: int = _p(1234, ge=0, le=2 ** 64 - 1)
     device: str = _p("auto", choices=("auto", "cpu", "cuda"))
     progress: bool = _p(True)
     lr_scaling: str = _p("none", choices=("none", "sqrt", "linear"))

@@ -33,7 +33,7 @@ SEED_RECIPE = {"lr": 3e-4, "weight_decay": 1e-4, "schedule": "constant", "warmup
 
 
 def _split(p, name: str, n: int) -> Split:
-    chunks = list(generate(p, name, n))
+    chunks = [c for _, c in generate(p, {name: n})]
     return Split(np.concatenate([c.images for c in chunks]), np.concatenate([c.masks for c in chunks]))
 
 

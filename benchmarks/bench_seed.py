@@ -43,7 +43,7 @@ def main() -> None:
     np.random.seed(0)
     seed_gen = _median_seconds(lambda: [make_sample() for _ in range(args.images)], args.repeats)
     params = DataParams()
-    ours_gen = _median_seconds(lambda: list(generate(params, "train", args.images)), args.repeats)
+    ours_gen = _median_seconds(lambda: list(generate(params, {"train": args.images})), args.repeats)
     print(f"generate {args.images} images 128x128: seed {seed_gen:.3f} s, astroseg "
           f"{ours_gen:.3f} s, ratio {seed_gen / ours_gen:.2f}x")
 

@@ -4,8 +4,8 @@ import sys
 
 from astroseg.atomic import write_json
 from astroseg.models.checkpoint import load_checkpoint
-from astroseg.data.dataset import load_split, read_attrs, read_meta, split_sizes
-from astroseg.data.stream import sequential_blocks, split_bytes, streamed
+from astroseg.data.dataset import load_split, read_attrs, read_meta, split_nbytes
+from astroseg.data.stream import sequential_blocks, streamed
 from astroseg.device import resolve_device
 from astroseg.errors import DataError, run_main
 from astroseg.scoring.evaluation import evaluate, evaluate_stream
@@ -28,8 +28,7 @@ def main() -> None:
     if attrs.get("normalization", "minmax") != trained_on:
         raise DataError(f"{DATA} is normalised with '{attrs.get('normalization')}' "
                         f"but {MODEL} was trained on '{trained_on}': rerun the train stage")
-    shape = split_sizes(DATA).get("test")
-    if shape is not None and split_bytes(shape) > cfg.max_memory_gb * 1e9:
+    if split_nbytes(DATA, "test") > cfg.max_memory_gb * 1e9:
         # Larger than evaluate.max_memory_gb: stream it in file order, block by block.
         stream = streamed(DATA, "test", cfg.max_memory_gb, cfg.loader_workers)
         blocks = sequential_blocks(stream, 0, stream.n, pin=device.type == "cuda")

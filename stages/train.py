@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from astroseg.data.dataset import Split, load_split, read_attrs, split_sizes
-from astroseg.data.stream import StreamedSplit, split_bytes, streamed
+from astroseg.data.dataset import Split, load_split, read_attrs, split_nbytes, split_sizes
+from astroseg.data.stream import StreamedSplit, streamed
 from astroseg.device import resolve_precision
 from astroseg.errors import ParamsError, run_main
 from astroseg.models import build_model
@@ -50,7 +50,7 @@ def _checked_model(params: Params, attrs: dict,
 
 def _split(name: str, sizes: dict[str, tuple[int, ...]], cfg: TrainParams) -> Split | StreamedSplit:
     """The split in memory, or streamed from DATA if it is larger than train.max_memory_gb."""
-    if name in sizes and split_bytes(sizes[name]) > cfg.max_memory_gb * 1e9:
+    if name in sizes and split_nbytes(DATA, name) > cfg.max_memory_gb * 1e9:
         return streamed(DATA, name, cfg.max_memory_gb, cfg.loader_workers)
     return load_split(DATA, name)
 
@@ -79,7 +79,7 @@ def main() -> None:
         _check_ranks(dist.world, cfg.batch_size, len(val))
         for s in (train, val):
             if isinstance(s, StreamedSplit):
-                say(f"train: streaming {s.split} ({split_bytes((s.n, *s.shape)) / 1e9:.2f} GB > "
+                say(f"train: streaming {s.split} ({split_nbytes(DATA, s.split) / 1e9:.2f} GB > "
                     f"train.max_memory_gb = {cfg.max_memory_gb:g}) from {DATA} in shuffled "
                     f"blocks of {s.block_rows}, buffers of {s.buffer_rows} images, "
                     f"{s.workers} loader workers")

@@ -107,7 +107,8 @@ class SplitWriter:
             rows = slice(c, min(whole, c + self.rows))
             for key, values in held.items():
                 self.group[key][first + rows.start:first + rows.stop] = values[rows]
-        self._held = {k: [v[whole:]] for k, v in held.items()} if whole < n else {}
+        # A copy: a view of the tail would keep the whole batch it came from alive.
+        self._held = {k: [v[whole:].copy()] for k, v in held.items()} if whole < n else {}
 
 
 class DatasetWriter:
@@ -232,6 +233,17 @@ def read_meta(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
     """The per-image metadata of `split` (small: one value per image), without the pixels."""
     with open_split(path, split) as group:
         return {k: v[:] for k, v in group["meta"].items()} if "meta" in group else {}
+
+
+def split_nbytes(path: str | os.PathLike, split: str) -> int:
+    """Bytes `load_split` would hold for `split`: images, masks and valid maps; 0 if absent."""
+    path = Path(path)
+    with _open(path) as f:
+        _checked_attrs(f, path)
+        if split not in f:
+            return 0
+        return sum(f[split][k].size * f[split][k].dtype.itemsize
+                   for k in ("images", "masks", "valid") if k in f[split])
 
 
 def split_sizes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:

@@ -41,11 +41,14 @@ def _shared(fn: Callable[..., T], *args: Any) -> T:
     import torch
 
     out = fn(*args)
-    if dataclasses.is_dataclass(out):
-        arrays = {f.name: torch.from_numpy(getattr(out, f.name)) for f in dataclasses.fields(out)
-                  if isinstance(getattr(out, f.name), np.ndarray)}
-        out = dataclasses.replace(out, **arrays)
-    return out
+    if not dataclasses.is_dataclass(out):
+        return out
+    try:
+        arrays = {f.name: torch.from_numpy(getattr(out, f.name)).share_memory_()
+                  for f in dataclasses.fields(out) if isinstance(getattr(out, f.name), np.ndarray)}
+    except RuntimeError:   # /dev/shm full (a container's default is 64 MB): use the pipe
+        return out
+    return dataclasses.replace(out, **arrays)
 
 
 def _unshared(out: T) -> T:
@@ -61,8 +64,8 @@ def ordered_map(fn: Callable[..., T], args: Iterable[tuple[Any, ...]], workers: 
     """Yield fn(*a) for each a in `args`, in order, computed by `workers` processes.
 
     At most `ahead` x `workers` calls are submitted beyond the one being yielded, so memory
-    holds that many results, however long `args` is. One worker runs in this process. The
-    numpy array fields of a dataclass result arrive through shared memory.
+    holds that many results, however long `args` is. `workers` <= 1 runs the calls in this
+    process. The numpy array fields of a dataclass result arrive through shared memory.
     """
     if workers <= 1:
         for a in args:

@@ -24,7 +24,7 @@ from astroseg.data.dataset import open_split
 from astroseg.errors import DataError
 
 BLOCKS_PER_BUFFER_MAX = 64
-IN_FLIGHT = 6   # buffers a streamed loader may hold at once: (workers x prefetch) plus two
+PREFETCH = 2    # buffers each loader worker reads ahead
 
 
 @dataclass(frozen=True)
@@ -42,21 +42,19 @@ class StreamedSplit:
         return self.n
 
 
-def split_bytes(shape: tuple[int, ...], valid: bool = False) -> int:
-    """Bytes of a split's images (float32) and masks (uint8) in memory."""
-    return math.prod(shape) * (4 + 1 + int(valid))
-
-
 def streamed(path: str | os.PathLike, split: str, max_memory_gb: float,
              workers: int) -> StreamedSplit:
-    """A StreamedSplit of `split`, with buffers sized so IN_FLIGHT of them fit `max_memory_gb`."""
+    """A StreamedSplit of `split`, with buffers sized so that all a loader holds at once (each
+    worker's prefetched buffers, the one being consumed and the one being batched) fit in
+    `max_memory_gb`."""
     path = Path(path)
     with open_split(path, split) as group:
         images = group["images"]
         n, shape = images.shape[0], tuple(images.shape[1:])
         block = images.chunks[0] if images.chunks else 1
-    row = split_bytes((1, *shape))
-    blocks = int(max_memory_gb * 1e9 / IN_FLIGHT / (row * block))
+    row = math.prod(shape) * (4 + 1)     # a float32 image and its uint8 mask
+    in_flight = PREFETCH * workers + 2
+    blocks = int(max_memory_gb * 1e9 / in_flight / (row * block))
     buffer = block * max(1, min(BLOCKS_PER_BUFFER_MAX, blocks))
     return StreamedSplit(path, split, n, shape, block, buffer, workers)
 
@@ -64,7 +62,7 @@ def streamed(path: str | os.PathLike, split: str, max_memory_gb: float,
 def block_order(n: int, block: int, buffer: int, seed: int, epoch: int) -> list[np.ndarray]:
     """The rows of one epoch, as buffers: blocks of `block` rows in a shuffled order, and the
     rows of each `buffer` // `block` consecutive blocks shuffled together."""
-    rng = np.random.Generator(np.random.Philox(key=[seed, epoch]))
+    rng = np.random.Generator(np.random.Philox(key=np.array([seed, epoch], dtype=np.uint64)))
     starts = rng.permutation(np.arange(0, n, block))
     per = max(1, buffer // block)
     out = []
@@ -120,7 +118,7 @@ class _Rows(Dataset):
 def _loader(s: StreamedSplit, wanted: list[np.ndarray], pin: bool) -> DataLoader:
     workers = min(s.workers, len(wanted))
     return DataLoader(_Rows(s, wanted), batch_size=None, shuffle=False, num_workers=workers,
-                      pin_memory=pin, prefetch_factor=2 if workers else None)
+                      pin_memory=pin, prefetch_factor=PREFETCH if workers else None)
 
 
 def shuffled_rows(s: StreamedSplit, buffers: list[np.ndarray], start: int, mine: np.ndarray,

@@ -5,11 +5,12 @@ The seed notebook's distributions, rendered about ten times faster per image on 
     index), so image i is the same whatever N, the chunk size or the number of worker
     processes is, and no two images share a stream;
   - the random numbers come straight from the bit generator as raw words: Box-Muller for the
-    Gaussian noise, a table lookup on 16-bit words for the Poisson counts (exact: the words that
-    fall on a table boundary are resolved with 53 more bits), linear maps for the uniforms;
+    Gaussian noise, a table lookup on the 8 bits of each word that Box-Muller leaves unused for
+    the Poisson counts (exact: the bytes that fall on a table boundary are resolved with 53 more
+    bits), linear maps for the uniforms;
   - each galaxy and bar is rendered in the box where it exceeds 1e-3 of the noise sigma (the
-    tail left out changes no pixel by more than that); only the spiral ridges, which the seed
-    draws out to the image edges, take the whole image.
+    tail left out changes a pixel by at most that per source, a few 1e-3 sigma in all); only
+    the spiral ridges, which the seed draws out to the image edges, take the whole image.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def image_stream(seed: int, split: str, index: int) -> np.random.Philox:
     """The counter-based random stream of one image, independent of every other image's."""
     if not 0 <= index < 2 ** INDEX_BITS:
         raise ValueError(f"image index {index} out of range [0, 2^{INDEX_BITS})")
-    return np.random.Philox(key=[seed, (SPLIT_KEYS[split] << INDEX_BITS) | index])
+    # uint64 explicitly: a list with a seed >= 2^63 would go through float64 and collide.
+    key = np.array([seed, (SPLIT_KEYS[split] << INDEX_BITS) | index], dtype=np.uint64)
+    return np.random.Philox(key=key)
 
 
 def _uniforms(stream: np.random.Philox, n: int) -> np.ndarray:
