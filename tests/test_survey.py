@@ -186,6 +186,10 @@ def test_list_and_glob_inputs_and_mixed_types(model, tmp_path, monkeypatch):
     assert [r["status"] for r in _summary(Path("seg"))] == ["skipped"] * 4
     assert _predict(model, "a/nothing*.fits", "-o", "seg") == 2
     assert _predict(model, "@lists/missing.txt", "-o", "seg") == 2
+    # A recursive glob that covers the output directory never picks up the outputs.
+    assert _predict(model, "a/**/*.fits", "-o", "a/seg/") == 0
+    assert _predict(model, "a/**/*.fits", "-o", "a/seg/") == 0
+    assert [r["status"] for r in _summary(Path("a/seg"))] == ["skipped"] * 2
 
 
 def test_outputs_that_would_collide_are_refused_up_front(model, tmp_path, capsys):

@@ -104,14 +104,20 @@ def is_survey(inputs: list[str], output: str) -> bool:
             or output.endswith(("/", os.sep)) or os.path.isdir(output))
 
 
-def _expand(arg: str, base: Path | None, where: str) -> list[Path]:
+def _inside(path: str, directory: Path | None) -> bool:
+    return directory is not None and Path(path).resolve().is_relative_to(directory.resolve())
+
+
+def _expand(arg: str, base: Path | None, where: str, skip: Path | None = None) -> list[Path]:
     path = arg if base is None or os.path.isabs(arg) else str(base / arg)
     if os.path.isdir(path):
         raise ParamsError(f"{where}{path}: a directory; name its files, e.g. "
                           f"'{os.path.join(path, '*.fits')}' (quoted: astroseg expands it)")
     if not _is_glob(path):
         return [Path(path)]
-    found = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+    # A glob never matches the run's own outputs: `'**/*.fits' -o seg/` must rerun cleanly.
+    found = sorted(p for p in glob.glob(path, recursive=True)
+                   if os.path.isfile(p) and not _inside(p, skip))
     if not found:
         raise ParamsError(f"{where}'{arg}' matches no file")
     return [Path(p) for p in found]
@@ -127,16 +133,17 @@ def read_list(path: str | os.PathLike) -> list[str]:
             if line.strip() and not line.strip().startswith("#")]
 
 
-def expand_inputs(args: list[str]) -> list[Path]:
-    """Files from paths, globs and @lists, in the order given; each file once."""
+def expand_inputs(args: list[str], outdir: Path | None = None) -> list[Path]:
+    """Files from paths, globs and @lists, in the order given; each file once. Globs skip
+    files inside `outdir` (the survey's outputs)."""
     files: list[Path] = []
     for arg in args:
         if arg.startswith("@"):
             listed = Path(arg[1:])
             for entry in read_list(listed):
-                files += _expand(entry, listed.parent, f"{arg}: ")
+                files += _expand(entry, listed.parent, f"{arg}: ", outdir)
         else:
-            files += _expand(arg, None, "")
+            files += _expand(arg, None, "", outdir)
     seen, unique = set(), []
     for f in files:   # a file named twice (a path and a glob) is segmented once
         key = file_id(f) or os.path.abspath(f)
@@ -438,7 +445,7 @@ def run_survey(inputs: list[str], outdir: str | os.PathLike, settings: Settings,
     if world > 1 and workers > 1:
         raise ParamsError(f"--workers = {workers} under torchrun: each rank is one worker; "
                           "start more ranks instead (--nproc-per-node)")
-    pairs = plan(expand_inputs(inputs), outdir,
+    pairs = plan(expand_inputs(inputs, outdir), outdir,
                  [("model", settings.model), ("bad-pixel map", settings.bad_pixels)])
     device = _device(settings, workers, world, local_rank, notify if rank == 0 else None)
     ctx = _pool_context() if workers > 1 else None
