@@ -115,9 +115,10 @@ def _expand(arg: str, base: Path | None, where: str, skip: Path | None = None) -
                           f"'{os.path.join(path, '*.fits')}' (quoted: astroseg expands it)")
     if not _is_glob(path):
         return [Path(path)]
-    # A glob never matches the run's own outputs: `'**/*.fits' -o seg/` must rerun cleanly.
-    found = sorted(p for p in glob.glob(path, recursive=True)
-                   if os.path.isfile(p) and not _inside(p, skip))
+    # A glob skips the run's own outputs (`'**/*.fits' -o seg/` must rerun cleanly), unless it
+    # matches nothing else: then the plan's check says why OUTDIR cannot hold the inputs.
+    matched = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+    found = [p for p in matched if not _inside(p, skip)] or matched
     if not found:
         raise ParamsError(f"{where}'{arg}' matches no file")
     return [Path(p) for p in found]
