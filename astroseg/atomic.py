@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -47,3 +48,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: object) -> None:
     """Atomically write `obj` as indented JSON with a trailing newline."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Atomically write rows as CSV with a header (floats to 6 significant digits): a DVC plot."""
+    def cell(value: Any) -> str:
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+    lines = [",".join(columns)] + [",".join(cell(row[c]) for c in columns) for row in rows]
+    write_text(path, "\n".join(lines) + "\n")

@@ -77,8 +77,13 @@ def _note(message: str) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from astroseg.errors import ParamsError
     from astroseg.data.fits_io import is_fits
+    from astroseg.infer.predict import check_mc_samples
     from astroseg.infer.survey import is_survey
 
+    check_mc_samples(args.mc_samples, args.tta)
+    if args.error_hdu and not args.catalog:
+        raise ParamsError(f"--error-hdu {args.error_hdu}: the error plane is for the catalogue's "
+                          "segment_fluxerr; give --catalog too")
     if args.batch_size < 1:
         raise ParamsError(f"--batch-size = {args.batch_size}: expected >= 1")
     if not 0 < args.threshold < 1:
@@ -93,16 +98,8 @@ def _predict(args: argparse.Namespace) -> int:
                           "nothing to share out (give several inputs and -o a directory)")
     source = args.input[0]
     if is_fits(source):
-        from astroseg.infer.predict_fits import predict_fits
-
         _check_window(args)
-        r = predict_fits(source, args.output, args.model, args.device, args.batch_size,
-                         args.threshold, args.window, args.overlap, args.hdu,
-                         args.precision, args.tta, bad_pixel_hdu=args.bad_pixel_hdu,
-                         bad_pixels=args.bad_pixels, progress=True, notify=_note)
-        print(f"{args.output}: probability and mask of {source} ({r.height}x{r.width}, "
-              f"{r.windows} windows, {r.normalization} normalisation, {r.precision})")
-        return 0
+        return _predict_fits(args, source)
     fits_only = _fits_only(args)
     if fits_only:
         raise ParamsError(f"{fits_only[0]} applies to FITS input; {source} is read as HDF5 "
@@ -110,8 +107,44 @@ def _predict(args: argparse.Namespace) -> int:
     from astroseg.infer.predict import predict_h5
 
     n = predict_h5(source, args.output, args.model, args.device, args.batch_size,
-                   args.threshold, args.tta, normalize=args.normalize)
-    print(f"{args.output}: probabilities and labels for {n} images")
+                   args.threshold, args.tta, normalize=args.normalize,
+                   calibration=not args.no_calibration, mc_samples=args.mc_samples,
+                   notify=_note)
+    std = " and std" if args.mc_samples else ""
+    print(f"{args.output}: probabilities{std} and labels for {n} images")
+    return 0
+
+
+def _predict_fits(args: argparse.Namespace, source: str) -> int:
+    from astroseg.errors import ParamsError
+    from astroseg.infer.catalog import catalog_format, check_error_hdu, write_catalog
+    from astroseg.infer.predict import calibration_note, check_output
+    from astroseg.infer.predict_fits import load_fits_model, segment_fits
+
+    catalog = args.catalog
+    if catalog:
+        catalog_format(catalog)   # checked before the work, not after
+        if os.path.abspath(catalog) == os.path.abspath(args.output):
+            raise ParamsError(f"--catalog {catalog}: is the -o output; give it another name")
+        check_output(catalog, [("input", source), ("output", args.output),
+                               ("model", args.model), ("bad-pixel map", args.bad_pixels)])
+        check_error_hdu(source, args.error_hdu)
+    fm = load_fits_model(args.model, args.device, args.precision, args.window, args.overlap,
+                         args.bad_pixels, notify=_note, calibration=not args.no_calibration)
+    r = segment_fits(fm, source, args.output, args.batch_size, args.threshold, args.hdu,
+                     args.tta, args.bad_pixel_hdu, args.bad_pixels, progress=True,
+                     mc_samples=args.mc_samples)
+    print(f"{args.output}: probability and mask of {source} ({r.height}x{r.width}, "
+          f"{r.windows} windows, {r.normalization} normalisation, {r.precision}; "
+          f"{r.sources} sources in LABELS)")
+    if catalog:
+        n = write_catalog(source, args.output, catalog, fm.meta, args.hdu, args.bad_pixel_hdu,
+                          args.bad_pixels, args.error_hdu)
+        print(f"{catalog}: catalogue of {n} sources")
+    # After the work, so that an error is the only line on stderr.
+    note = calibration_note(fm.path, fm.temperature, not args.no_calibration)
+    if note:
+        _note(note)
     return 0
 
 
@@ -124,7 +157,8 @@ def _check_window(args: argparse.Namespace) -> None:
 
 def _fits_only(args: argparse.Namespace) -> list[str]:
     return [o for o, v in (("--bad-pixel-hdu", args.bad_pixel_hdu),
-                           ("--bad-pixels", args.bad_pixels), ("--hdu", args.hdu)) if v]
+                           ("--bad-pixels", args.bad_pixels), ("--hdu", args.hdu),
+                           ("--catalog", args.catalog), ("--error-hdu", args.error_hdu)) if v]
 
 
 def _predict_survey(args: argparse.Namespace) -> int:
@@ -139,9 +173,17 @@ def _predict_survey(args: argparse.Namespace) -> int:
     fits_only = _fits_only(args)
     if fits_only and not any(is_fits(p) for p in expand_inputs(args.input)):
         raise ParamsError(f"{fits_only[0]} applies to FITS input; none of the inputs is FITS")
+    if args.catalog:
+        from astroseg.infer.catalog import FORMATS
+
+        if args.catalog not in FORMATS:
+            raise ParamsError(f"--catalog {args.catalog}: with an output directory, --catalog "
+                              f"takes a format, {' or '.join(FORMATS)}; each FITS input X gets "
+                              "OUTDIR/X.cat.<format> beside OUTDIR/X.fits")
     settings = Settings(Path(args.model), args.device, args.batch_size, args.threshold,
                         args.window, args.overlap, args.hdu, args.bad_pixel_hdu, args.bad_pixels,
-                        args.precision, args.tta, args.normalize)
+                        args.precision, args.tta, args.normalize, not args.no_calibration,
+                        args.mc_samples, args.catalog, args.error_hdu)
     # Lines go through tqdm.write so they do not tear the progress bar.
     try:
         rows = run_survey(args.input, args.output, settings, args.workers, progress=True,
@@ -235,6 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--normalize", action="store_true", help="HDF5: the images are raw pixels; "
                       "apply the model's training normalisation to each first (FITS input is "
                       "always normalised)")
+    pred.add_argument("--mc-samples", type=int, default=0, metavar="N", help="Monte Carlo "
+                      "dropout: N >= 2 stochastic passes; the probability is their mean and "
+                      "their standard deviation is written (FITS: HDU STD, HDF5: dataset std); "
+                      "0 = off. Not with --tta")
+    pred.add_argument("--no-calibration", action="store_true", help="do not divide the logits "
+                      "by the temperature the evaluate stage fitted for this model "
+                      "(calibration.json beside it), applied by default when it is there")
+    pred.add_argument("--catalog", default=None, metavar="CAT", help="FITS: write a source "
+                      "catalogue (photutils, one row per LABELS source): CAT.ecsv or CAT.fits; "
+                      "with -o OUTDIR the format, ecsv or fits: OUTDIR/<stem>.cat.<format>")
+    pred.add_argument("--error-hdu", default=None, metavar="HDU", help="FITS, with --catalog: "
+                      "HDU of the input holding each pixel's 1-sigma error (e.g. ERR), for "
+                      "segment_fluxerr")
     pred.set_defaults(func=_predict)
     sky = sub.add_parser("make-sky", help="write example survey fields (FITS with WCS, BLANK "
                          "pixels, BSCALE) and their masks, for the FITS workflow",

@@ -283,6 +283,23 @@ class EvaluateParams:
     device: str = _p("auto", choices=("auto", "cpu", "cuda"))
     max_memory_gb: float = _p(4.0, gt=0)
     loader_workers: int = _p(2, ge=0)
+    calibrate: bool = _p(True)
+    mc_samples: int = _p(8, ge=0, le=1000)
+
+    def check(self) -> None:
+        if self.mc_samples == 1:
+            raise ParamsError("evaluate.mc_samples = 1: expected 0 (off) or >= 2 (a spread "
+                              "needs at least two passes)")
+
+
+@dataclass(frozen=True)
+class BaselineParams:
+    """The `baseline` section: photutils detect_sources, nsigma and npixels tuned on val."""
+    fwhm: float = _p(3.0, gt=0, le=50)
+    nsigma: tuple[float, ...] = _p((1.5, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0), gt=0)
+    npixels: tuple[int, ...] = _p((3, 5, 10, 20, 50), ge=1)
+    deblend: bool = _p(False)
+    max_memory_gb: float = _p(4.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -309,6 +326,7 @@ class Params:
     loss: LossParams = _sub(LossParams)
     train: TrainParams = _sub(TrainParams)
     evaluate: EvaluateParams = _sub(EvaluateParams)
+    baseline: BaselineParams = _sub(BaselineParams)
     plots: PlotsParams = _sub(PlotsParams)
 
     def check(self) -> None:

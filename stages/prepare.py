@@ -25,8 +25,11 @@ def prepare_synthetic(p: DataParams) -> dict[str, int]:
         writers = {}
         for split, chunk in generate(p, sizes, resolve_workers(p.workers)):
             if split not in writers:
-                writers[split] = out.split(split, sizes[split], (p.height, p.width), META_DTYPES)
-            meta = {k: getattr(chunk, k) for k in META_DTYPES}
+                # The truth of every galaxy too: (N, K) rows, K the most galaxies an image has.
+                dtypes = {**META_DTYPES, **{k: np.dtype((np.float32, v.shape[1:]))
+                                            for k, v in chunk.objects.items()}}
+                writers[split] = out.split(split, sizes[split], (p.height, p.width), dtypes)
+            meta = {**{k: getattr(chunk, k) for k in META_DTYPES}, **chunk.objects}
             writers[split].write(chunk.start, chunk.images, chunk.masks, meta)
     return sizes
 

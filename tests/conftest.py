@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Small enough for seconds on 2 CPU cores, large enough that every code path runs. Pinned to
 # the CPU, where results are promised bit for bit; tests/test_gpu.py covers CUDA.
+STAGES = ("prepare", "train", "evaluate", "baseline", "plots")   # in an order dvc may run them
 TINY = {
     "data": {"height": 48, "width": 48, "n_train": 32, "n_val": 8, "n_test": 8, "chunk": 16,
              "workers": 1,
@@ -72,10 +73,10 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline_outputs(tmp_path_factory) -> Path:
-    """A directory where all four stages have run once on tiny params (shared, read-only)."""
+    """A directory where every stage has run once on tiny params (shared, read-only)."""
     path = tmp_path_factory.mktemp("pipeline")
     write_params(path, tiny_params())
-    for stage in ("prepare", "train", "evaluate", "plots"):
+    for stage in STAGES:
         result = run_stage(stage, path)
         assert result.returncode == 0, result.stderr
     return path

@@ -8,7 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from astroseg.data.dataset import SCHEMA_VERSION, Split, load_split, read_attrs, split_sizes, write_splits
+from astroseg.data.dataset import (SCHEMA_VERSION, Split, load_split, read_attrs, read_meta,
+                                   split_sizes, write_splits)
 from astroseg.errors import DataError
 from conftest import run_stage, tiny_params, write_params
 
@@ -91,3 +92,14 @@ def test_failed_write_leaves_previous_file(tmp_path):
         write_splits(path, [("train", bad)], {})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["d.h5"]  # no temp file left behind
+
+
+def test_prepare_writes_the_truth_per_galaxy_as_rows_of_meta(workdir):
+    result = run_stage("prepare", workdir)
+    assert result.returncode == 0, result.stderr
+    meta = read_meta(workdir / "data/dataset.h5", "test")
+    n, k = len(meta["n_sources"]), tiny_params()["data"]["galaxies"]["count"][1]
+    for name in ("gal_cx", "gal_cy", "gal_a", "gal_b", "gal_theta", "gal_peak", "gal_flux",
+                 "gal_snr"):
+        assert meta[name].shape == (n, k), name
+    assert ((~np.isnan(meta["gal_snr"])).sum(1) == meta["n_sources"]).all()

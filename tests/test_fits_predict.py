@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,10 @@ from astroseg.models.checkpoint import save_checkpoint
 from astroseg.cli import build_parser
 from astroseg.cli import main as cli_main
 from astroseg.data.dataset import load_split, read_attrs
-from astroseg.errors import DataError
+from astroseg.errors import DataError, ParamsError
 from astroseg.models import build_model
 from astroseg.data.normalize import Normalization
-from astroseg.infer.predict import load_model, predict
+from astroseg.infer.predict import file_sha256, load_model, predict
 from astroseg.infer.predict_fits import normalized_input, predict_fits
 from astroseg.data.sky import write_sky
 from conftest import ROOT, run_stage, tiny_params, write_params
@@ -270,3 +271,99 @@ def test_every_option_has_help_and_shows_its_default():
             assert action.help, f"{name} {action.dest} has no help"
             if action.default is not None:
                 assert f"(default: {action.default})" in text, (name, action.dest)
+
+
+# ------------------------------------------------- LABELS, MC dropout (STD), calibration
+
+def _image(path: Path, size: int = 64, hole: bool = True) -> Path:
+    data = np.random.default_rng(3).random((size, size), np.float32)
+    if hole:
+        data[10:13, 20:23] = np.nan
+    fits.PrimaryHDU(data).writeto(path)
+    return path
+
+
+def _checkpoint(path: Path, **config) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    save_checkpoint(path, build_model({**CONFIG, **config}), {**CONFIG, **config},
+                    {"normalization": "minmax"})
+    return path
+
+
+def test_labels_hdu_numbers_each_8_connected_component_of_mask(untrained, tmp_path):
+    from scipy import ndimage
+
+    image = _image(tmp_path / "in.fits", size=96)
+    r = predict_fits(image, tmp_path / "out.fits", untrained, "cpu", window=48, overlap=8,
+                     threshold=0.55)
+    with fits.open(tmp_path / "out.fits") as hdul:
+        mask, labels = hdul["MASK"].data, hdul["LABELS"].data
+        assert labels.dtype == np.dtype(">i4") and hdul["LABELS"].header["BITPIX"] == 32
+        expected, n = ndimage.label(mask > 0, np.ones((3, 3)))
+        np.testing.assert_array_equal(labels, expected)
+        assert n > 1 and r.sources == n == hdul[0].header["ASNSRC"]
+        assert WCS(hdul["LABELS"].header).wcs.compare(WCS(hdul[0].header).wcs)
+        assert "STD" not in hdul and hdul[0].header["ASMCSAMP"] == 0
+
+
+def test_mc_samples_write_std_zero_without_dropout_and_positive_with_it(untrained, tmp_path):
+    image = _image(tmp_path / "in.fits")
+    plain = _checkpoint(tmp_path / "plain/model.pt", drop_path=0.0, dropout=0.0,
+                        attn_dropout=0.0)
+    kw = {"device": "cpu", "window": 32, "overlap": 8, "precision": "fp32"}
+    predict_fits(image, tmp_path / "det.fits", plain, **kw)
+    predict_fits(image, tmp_path / "mc0.fits", plain, mc_samples=4, **kw)
+    with fits.open(tmp_path / "mc0.fits") as mc, fits.open(tmp_path / "det.fits") as det:
+        std = mc["STD"].data
+        assert std.dtype == np.dtype(">f4") and mc[0].header["ASMCSAMP"] == 4
+        assert np.isnan(std[10:13, 20:23]).all() and np.isnan(std).sum() == 9
+        assert (std[~np.isnan(std)] == 0).all()       # no dropout: every pass agrees exactly
+        np.testing.assert_array_equal(mc[0].data, det[0].data)
+    predict_fits(image, tmp_path / "mc.fits", untrained, mc_samples=4, **kw)  # dropout 0.1
+    predict_fits(image, tmp_path / "mc_again.fits", untrained, mc_samples=4, **kw)
+    with fits.open(tmp_path / "mc.fits") as mc, fits.open(tmp_path / "mc_again.fits") as again:
+        std = mc["STD"].data
+        assert np.nanmax(std) > 0 and np.isnan(std).sum() == 9
+        assert mc["STD"].header["BUNIT"] == ""
+        np.testing.assert_array_equal(std, again["STD"].data)   # seeded: reruns agree
+    with pytest.raises(ParamsError, match="with --tta"):
+        predict_fits(image, tmp_path / "x.fits", untrained, mc_samples=4, tta=True, **kw)
+
+
+def _calibrate(model: Path, temperature: float, sha256: str) -> None:
+    (model.parent / "calibration.json").write_text(json.dumps(
+        {"temperature": temperature, "calibrated": True, "model_sha256": sha256}))
+
+
+def test_calibration_divides_the_logits_by_the_fitted_temperature(tmp_path, capsys):
+    image = _image(tmp_path / "in.fits")
+    model = _checkpoint(tmp_path / "m/model.pt")
+    # One window, no overlap: the probability is the sigmoid itself, not a blend of them.
+    args = ["predict", str(image), "--model", str(model), "--device", "cpu", "--window", "64",
+            "--overlap", "0", "--precision", "fp32"]
+
+    def run(name: str, *extra: str) -> tuple[np.ndarray, fits.Header, str]:
+        assert cli_main([*args, "-o", str(tmp_path / name), *extra]) == 0
+        with fits.open(tmp_path / name) as hdul:
+            return hdul[0].data.astype(np.float64), hdul[0].header, capsys.readouterr().err
+
+    raw, header, err = run("raw.fits")
+    assert header["ASCALIB"] is False and header["ASTEMP"] == 1.0
+    assert "note:" not in err   # no calibration.json: nothing applied, nothing to say
+    _calibrate(model, 2.0, file_sha256(model))
+    cal, header, err = run("cal.fits")
+    assert header["ASCALIB"] is True and header["ASTEMP"] == 2.0
+    assert "logits divided by the temperature 2" in err
+    ok = ~np.isnan(raw)
+    expected = torch.sigmoid(torch.logit(torch.from_numpy(raw[ok])) / 2).numpy()
+    np.testing.assert_allclose(cal[ok], expected, rtol=0, atol=2e-6)
+    assert np.abs(cal[ok] - raw[ok]).max() > 1e-3
+    off, header, err = run("off.fits", "--no-calibration")
+    np.testing.assert_array_equal(off, raw)
+    assert header["ASCALIB"] is False and "--no-calibration" in err
+    _calibrate(model, 2.0, "0" * 64)   # fitted for another model file: not applied
+    other, header, err = run("other.fits")
+    np.testing.assert_array_equal(other, raw)
+    assert "belongs to another model file" in err
+    assert header["ASCALIB"] is False and header["ASTEMP"] == 1.0

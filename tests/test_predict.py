@@ -90,3 +90,61 @@ def test_cli_predict_errors_name_the_file(pipeline_outputs, tmp_path, capsys):
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
     assert cli_main(["predict", str(tmp_path / "none.h5"), "-o", str(out), "--model", model]) == 2
     assert "input file not found" in capsys.readouterr().err
+
+
+def _tiny_checkpoint(path, **config):
+    from astroseg.models import build_model
+    from astroseg.models.checkpoint import save_checkpoint
+
+    config = {"name": "segformer", "num_classes": 1, "dims": [8, 16], "depths": [1, 1],
+              "heads": [1, 2], "sr_ratios": [2, 1], "decoder_dim": 16, "refine_dim": 4, **config}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    save_checkpoint(path, build_model(config), config, {"normalization": "minmax"})
+    return path
+
+
+def test_hdf5_predict_writes_std_and_calibration_attributes(tmp_path, capsys):
+    import json
+
+    from astroseg.infer.predict import file_sha256, predict_with_std
+
+    model = _tiny_checkpoint(tmp_path / "m/model.pt")   # dropout 0.1 and drop-path 0.1
+    images = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    src, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    with h5py.File(src, "w") as f:
+        f["images"] = images
+    args = ["predict", str(src), "-o", str(out), "--model", str(model), "--device", "cpu"]
+    assert cli_main([*args, "--mc-samples", "3"]) == 0
+    assert "probabilities and std and labels for 3 images" in capsys.readouterr().out
+    with h5py.File(out, "r") as f:
+        assert f["std"].shape == f["probabilities"].shape and f["std"].dtype == np.float32
+        assert f["std"][:].max() > 0
+        assert f.attrs["mc_samples"] == 3 and not f.attrs["calibrated"]
+        assert f.attrs["temperature"] == 1.0
+    # The same as the API's MC prediction, seeded the same way.
+    from astroseg.infer.predict import seeded
+
+    net = load_model(model, "cpu")
+    with seeded(net, True):
+        prob, _, std = predict_with_std(net, images, 3)
+    with h5py.File(out, "r") as f:
+        np.testing.assert_allclose(f["probabilities"][:], prob, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(f["std"][:], std, rtol=1e-5, atol=1e-6)
+    # A calibration.json for this model file: the CLI and load_model + predict both apply it.
+    raw, _ = predict(load_model(model, "cpu"), images)
+    (model.parent / "calibration.json").write_text(json.dumps(
+        {"temperature": 2.0, "calibrated": True, "model_sha256": file_sha256(model)}))
+    assert cli_main(args) == 0
+    assert "logits divided by the temperature 2" in capsys.readouterr().err
+    expected = torch.sigmoid(torch.logit(torch.from_numpy(raw).double()) / 2).numpy()
+    with h5py.File(out, "r") as f:
+        assert f.attrs["calibrated"] and f.attrs["temperature"] == 2.0 and "std" not in f
+        np.testing.assert_allclose(f["probabilities"][:], expected, atol=2e-6)
+    np.testing.assert_allclose(predict(load_model(model, "cpu"), images)[0], expected, atol=2e-6)
+    np.testing.assert_array_equal(predict(load_model(model, "cpu", calibration=False),
+                                          images)[0], raw)
+    assert cli_main([*args, "--no-calibration"]) == 0
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["probabilities"][:], raw)
+        assert not f.attrs["calibrated"]

@@ -11,9 +11,11 @@ import torch
 from astroseg.train.history import read_history
 from conftest import run_stage, tiny_params, write_params
 
+FIGURES = ["plots/training_curves.png", "plots/samples.png", "plots/predictions.png",
+           "plots/pr_curve.png", "plots/reliability.png", "plots/completeness.png",
+           "plots/uncertainty.png"]
 OUTPUTS = ["data/dataset.h5", "models/model.pt", "metrics/train_history.tsv",
-           "metrics/metrics.json", "metrics/test_predictions.h5", "plots/training_curves.png",
-           "plots/samples.png", "plots/predictions.png"]
+           "metrics/metrics.json", "metrics/test_predictions.h5", *FIGURES, "plots/report.html"]
 
 
 def test_pipeline_writes_every_output(pipeline_outputs):
@@ -27,8 +29,9 @@ def test_pipeline_writes_every_output(pipeline_outputs):
     assert metrics["n_images"] == 8
     history = read_history(pipeline_outputs / "metrics/train_history.tsv")
     assert history["epoch"].tolist() == [1.0, 2.0]
-    for name in OUTPUTS[-3:]:
+    for name in FIGURES:
         assert (pipeline_outputs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http" not in (pipeline_outputs / "plots/report.html").read_text().lower()
     # No temp files left behind by the atomic writes.
     assert not list(pipeline_outputs.rglob("*.tmp"))
 

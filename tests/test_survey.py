@@ -295,3 +295,40 @@ def test_torchrun_ranks_share_the_files_into_one_summary(model, tmp_path):
     assert all(float(r["seconds"]) > 0 for r in rows[:3])
     for i in range(3):
         assert fits.getheader(out / f"f{i}.fits")["ASMHASH"] == file_sha256(model)
+
+
+def test_resume_redoes_outputs_of_another_temperature_or_mc_samples(tmp_path):
+    import json
+
+    from astroseg.models import build_model
+    from astroseg.models.checkpoint import save_checkpoint
+
+    config = {"name": "segformer", "num_classes": 1, "dims": [8, 16], "depths": [1, 1],
+              "heads": [1, 2], "sr_ratios": [2, 1], "decoder_dim": 16, "refine_dim": 4}
+    own = tmp_path / "m/model.pt"   # its own directory: calibration.json is written beside it
+    own.parent.mkdir()
+    torch.manual_seed(0)
+    save_checkpoint(own, build_model(config), config, {"normalization": "minmax"})
+    for i in range(2):
+        _sky(tmp_path / f"in/f{i}.fits", seed=i)
+    out, glob_ = tmp_path / "out", str(tmp_path / "in/*.fits")
+
+    def statuses(*extra: str) -> list[str]:
+        assert _predict(own, glob_, "-o", str(out), "--window", "32", "--overlap", "8",
+                        *extra) == 0
+        return [r["status"] for r in _summary(out)]
+
+    assert statuses() == ["ok"] * 2
+    assert statuses() == ["skipped"] * 2
+    assert statuses("--mc-samples", "2") == ["ok"] * 2
+    with fits.open(out / "f0.fits") as hdul:
+        assert hdul[0].header["ASMCSAMP"] == 2 and "STD" in hdul
+    assert statuses("--mc-samples", "2") == ["skipped"] * 2
+    # A calibration fitted for this model appears: the applied temperature changes, redo.
+    (own.parent / "calibration.json").write_text(json.dumps(
+        {"temperature": 1.5, "calibrated": True, "model_sha256": file_sha256(own)}))
+    assert statuses("--mc-samples", "2") == ["ok"] * 2
+    assert fits.getheader(out / "f1.fits")["ASTEMP"] == 1.5
+    assert statuses("--mc-samples", "2") == ["skipped"] * 2
+    assert statuses("--mc-samples", "2", "--no-calibration") == ["ok"] * 2
+    assert fits.getheader(out / "f1.fits")["ASCALIB"] is False

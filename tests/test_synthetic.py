@@ -80,3 +80,27 @@ def test_seeds_above_2_to_the_63_give_distinct_streams():
     b = render(dataclasses.replace(P, seed=2 ** 63 + 1000), "train", range(2)).images
     c = render(dataclasses.replace(P, seed=2 ** 64 - 1), "train", range(2)).images
     assert not np.array_equal(a, b) and not np.array_equal(b, c)
+
+
+def test_truth_per_galaxy_matches_what_was_drawn_and_rendered():
+    p = DataParams()
+    chunk = render(p, "val", range(40))
+    k = p.galaxies.count[1]
+    for name, values in chunk.objects.items():
+        assert values.shape == (40, k) and values.dtype == np.float32, name
+    present = ~np.isnan(chunk.objects["gal_cx"])
+    assert (present.sum(1) == chunk.n_sources).all()
+    o = {name: v[present] for name, v in chunk.objects.items()}
+    np.testing.assert_allclose(o["gal_flux"], 2 * np.pi * o["gal_a"] * o["gal_b"] * o["gal_peak"],
+                               rtol=1e-5)
+    sigma = np.hypot(p.noise.gaussian_sigma, p.noise.poisson_scale * np.sqrt(p.noise.poisson_rate))
+    np.testing.assert_allclose(o["gal_snr"], o["gal_peak"] / sigma, rtol=1e-5)
+    # Every recorded centre is inside the mask, and the centres are where the light is.
+    rows, cols = np.nonzero(present)
+    ys, xs = np.rint(o["gal_cy"]).astype(int), np.rint(o["gal_cx"]).astype(int)
+    assert chunk.masks[rows, ys, xs].all()
+    assert (chunk.images[rows, ys, xs] > np.median(chunk.images, axis=(1, 2))[rows] + 0.2).all()
+    # The truth is part of what the rest of the images are: the same index, the same truth.
+    again = render(p, "val", range(20, 30))
+    for name in chunk.objects:
+        np.testing.assert_array_equal(again.objects[name], chunk.objects[name][20:30])

@@ -4,7 +4,8 @@ Schema (version 1):
   /                 attrs: schema_version, source, class_names (JSON), normalization, params (JSON)
   /<split>/images   float32 (N, H, W), chunks of CHUNK_ROWS images, not compressed
   /<split>/masks    uint8 (N, H, W), class index per pixel (0 = background), lzf
-  /<split>/meta/*   one (N,) array per per-image field (n_sources, has_spiral, ...)
+  /<split>/meta/*   one (N,) array per per-image field (n_sources, has_spiral, ...), or (N, K)
+                    for K values per image (gal_*: the synthetic truth of each galaxy, NaN-padded)
   /<split>/valid    optional uint8 (N, H, W), 1 where the pixel was measured (FITS sources)
 """
 
@@ -145,8 +146,11 @@ class DatasetWriter:
                                  track_times=False, **COMPRESSION[key], **grow)
         meta = group.create_group("meta")
         for key, dtype in meta_dtypes.items():
-            meta.create_dataset(key, shape=(n,), dtype=dtype, track_times=False,
-                                **({"maxshape": (None,)} if grow else {}))
+            # A subarray dtype, np.dtype((np.float32, (K,))), makes an (n, K) field: one row of
+            # K values per image (the generator's truth per galaxy).
+            dtype = np.dtype(dtype)
+            meta.create_dataset(key, shape=(n, *dtype.shape), dtype=dtype.base, track_times=False,
+                                **({"maxshape": (None, *dtype.shape)} if grow else {}))
         self._splits.append(SplitWriter(group, rows))
         return self._splits[-1]
 
@@ -259,5 +263,5 @@ def write_splits(path: str | os.PathLike, splits: Iterable[tuple[str, Split]],
     """Write in-memory splits to a new dataset file (for small data and tests)."""
     with DatasetWriter(path, attrs) as out:
         for name, s in splits:
-            dtypes = {k: v.dtype for k, v in s.meta.items()}
+            dtypes = {k: np.dtype((v.dtype, v.shape[1:])) for k, v in s.meta.items()}
             out.split(name, len(s), s.images.shape[1:], dtypes).write(0, s.images, s.masks, s.meta)

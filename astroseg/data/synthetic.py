@@ -44,6 +44,7 @@ class Chunk:
     n_sources: np.ndarray   # uint8 (B,)
     has_bar: np.ndarray     # bool (B,)
     has_spiral: np.ndarray  # bool (B,)
+    objects: dict[str, np.ndarray]   # gal_* -> float32 (B, K): truth per galaxy, NaN-padded
 
 
 def image_stream(seed: int, split: str, index: int) -> np.random.Philox:
@@ -277,7 +278,35 @@ def _render(p: DataParams, split: str, indices: range) -> Chunk:
     return Chunk(start=indices.start, images=images, masks=masks.view(np.uint8),
                  n_sources=np.array([n for n, _ in draws], np.uint8),
                  has_bar=np.array([any(d["bar"][:n]) for n, d in draws]),
-                 has_spiral=np.array([any(d["spiral"][:n]) for n, d in draws]))
+                 has_spiral=np.array([any(d["spiral"][:n]) for n, d in draws]),
+                 objects=truth_table(p, draws))
+
+
+OBJECT_FIELDS = ("gal_cx", "gal_cy", "gal_a", "gal_b", "gal_theta", "gal_peak", "gal_flux",
+                 "gal_snr")
+
+
+def noise_sigma(p: DataParams) -> float:
+    """Standard deviation of the noise before normalisation: Gaussian plus scaled Poisson."""
+    return math.sqrt(p.noise.gaussian_sigma ** 2 + p.noise.poisson_scale ** 2 * p.noise.poisson_rate)
+
+
+def truth_table(p: DataParams, draws: list[tuple[int, dict[str, list]]]) -> dict[str, np.ndarray]:
+    """gal_* -> (B, K) float32 per drawn galaxy, NaN past each image's count, in the units of
+    the image before normalisation: centre (pixels, pixel centres at integers), sigmas a and b
+    (pixels), angle theta (radians, from +x towards +y), peak, flux (the Gaussian profile's
+    integral 2 pi a b peak; bar and spiral light not included) and peak S/N (peak over the
+    noise's standard deviation)."""
+    k = p.galaxies.count[1]
+    out = {name: np.full((len(draws), k), np.nan, np.float32) for name in OBJECT_FIELDS}
+    sigma = noise_sigma(p)
+    for row, (n, d) in enumerate(draws):
+        for name in ("cx", "cy", "a", "b", "theta", "peak"):
+            out["gal_" + name][row, :n] = d[name][:n]
+        peak, a, b = (np.array(d[name][:n]) for name in ("peak", "a", "b"))
+        out["gal_flux"][row, :n] = 2 * math.pi * a * b * peak
+        out["gal_snr"][row, :n] = peak / sigma if sigma > 0 else np.inf
+    return out
 
 
 def generate(p: DataParams, sizes: dict[str, int], workers: int = 1

@@ -1,1 +1,1 @@
-"""Figures: the PNG plots of the pipeline."""
+"""Figures: the PNG plots of the pipeline and the offline HTML report."""

@@ -11,6 +11,16 @@ array. Memory is O(window x width), not O(image). The output FITS has:
   HDU 1 MASK       uint8 mask (threshold on HDU 0; the argmax class when multi-class), 0 where
                    the input was invalid
   HDU 2.. PROB_<CLASS>  float32 per-class probabilities, multi-class models only
+  LABELS           int32 source labels: the connected components (8-connected) of MASK's
+                   nonzero pixels, numbered 1..ASNSRC in raster order; 0 = background/invalid.
+                   Binary models only: a multi-class file keeps PRIMARY, MASK, PROB_<CLASS>
+                   (ASNSRC still counts MASK's components, and the catalogue labels MASK alike)
+  STD              float32 standard deviation of HDU 0 over Monte Carlo dropout passes
+                   (`mc_samples` >= 2 only; HDU 0 is then their mean), NaN where invalid
+Labelling needs the whole mask at once: scipy.ndimage.label runs on disk-backed arrays, but it
+touches every pixel of the uint8 mask and the int32 labels, about 5 bytes per pixel (84 MB for
+4096x4096). The model's calibrated temperature (calibration.json beside it) divides the logits
+unless calibration is switched off; ASCALIB/ASTEMP say which, ASMCSAMP how many MC passes.
 Every HDU carries the input's WCS and header cards (with INHERIT = T, the primary's too), plus
 provenance keywords (AS*), except the cards that describe the input's pixel values (see
 _VALUE_CARDS): a probability map must not claim BUNIT = 'count' or the input's SATURATE.
@@ -32,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from astropy.io import fits
+from scipy import ndimage
 from tqdm import tqdm
 
 from astroseg import __version__
@@ -41,7 +52,8 @@ from astroseg.device import resolve_device, resolve_precision
 from astroseg.errors import DataError, ParamsError
 from astroseg.data.fits_io import STRUCTURAL, HDUNotFound, ImageSource, open_image, parse_hdu
 from astroseg.data.normalize import Normalization, check_method, fit_field
-from astroseg.infer.predict import check_output, file_sha256, predict
+from astroseg.infer.predict import (calibration_note, check_mc_samples, check_output,
+                                    file_sha256, model_temperature, predict_probabilities, seeded)
 from astroseg.data.tiling import starts, window_weight
 
 # Cards that state something about the input's pixel values, false of a probability or a mask:
@@ -67,6 +79,7 @@ class FitsPrediction:
     normalization: str
     precision: str
     source_fraction: float = 0.0   # of the valid pixels, those MASK marks (nonzero)
+    sources: int = 0               # 8-connected components of MASK (the labels in LABELS)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -143,6 +156,7 @@ class FitsModel:
     precision: str
     window: int
     overlap: int
+    temperature: float | None = None   # the calibrated one applied; None: uncalibrated (1)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -153,10 +167,12 @@ class FitsModel:
 def load_fits_model(model_path: str | os.PathLike = "models/model.pt", device: str = "auto",
                     precision: str = "auto", window: int = 256, overlap: int = 32,
                     bad_pixels: str | os.PathLike | None = None, sha256: str | None = None,
-                    notify: Callable[[str], None] | None = None) -> FitsModel:
+                    notify: Callable[[str], None] | None = None,
+                    calibration: bool = True) -> FitsModel:
     """Load a model for `segment_fits`: window rounded up to its stride, options checked.
 
     `sha256` is the model file's hash when the caller has it already (hashed once per run).
+    `calibration` applies the temperature fitted for this model file, if there is one.
     """
     model_path = Path(model_path)
     model, payload = load_checkpoint(model_path, resolve_device(device, "--device"))
@@ -172,8 +188,9 @@ def load_fits_model(model_path: str | os.PathLike = "models/model.pt", device: s
                f"{trained_maps!r}); give this image's map with --bad-pixels")
     if overlap < 0 or overlap >= window:
         raise ParamsError(f"--overlap = {overlap}: expected 0 <= overlap < window ({window})")
-    return FitsModel(model_path, model, payload, sha256 or file_sha256(model_path), precision,
-                     window, overlap)
+    sha256 = sha256 or file_sha256(model_path)
+    temperature = model_temperature(model_path, sha256, calibration)
+    return FitsModel(model_path, model, payload, sha256, precision, window, overlap, temperature)
 
 
 def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
@@ -183,24 +200,32 @@ def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
                  precision: str = "auto", tta: bool = False,
                  bad_pixel_hdu: int | str | None = None,
                  bad_pixels: str | os.PathLike | None = None, progress: bool = False,
-                 notify: Callable[[str], None] | None = None) -> FitsPrediction:
-    """Segment one FITS image into a probability + mask FITS file (see module docstring).
+                 notify: Callable[[str], None] | None = None, calibration: bool = True,
+                 mc_samples: int = 0) -> FitsPrediction:
+    """Segment one FITS image into a probability + mask + labels FITS file (module docstring).
 
     `hdu`/`bad_pixel_hdu` None: as the model was trained; "": the first image HDU / none.
     `progress` shows a bar over window rows on a terminal; `notify` receives one-line notes.
+    `calibration` applies the model's fitted temperature; `mc_samples` >= 2 adds STD.
     """
+    check_mc_samples(mc_samples, tta)
     fm = load_fits_model(model_path, device, precision, window, overlap, bad_pixels,
-                         notify=notify)
-    return segment_fits(fm, input_path, output_path, batch_size, threshold, hdu, tta,
-                        bad_pixel_hdu, bad_pixels, progress)
+                         notify=notify, calibration=calibration)
+    result = segment_fits(fm, input_path, output_path, batch_size, threshold, hdu, tta,
+                          bad_pixel_hdu, bad_pixels, progress, mc_samples)
+    note = calibration_note(fm.path, fm.temperature, calibration)
+    if notify is not None and note:   # after the work: an error stays the only line
+        notify(note)
+    return result
 
 
 def segment_fits(fm: FitsModel, input_path: str | os.PathLike, output_path: str | os.PathLike,
                  batch_size: int = 8, threshold: float = 0.5, hdu: int | str | None = None,
                  tta: bool = False, bad_pixel_hdu: int | str | None = None,
                  bad_pixels: str | os.PathLike | None = None,
-                 progress: bool = False) -> FitsPrediction:
+                 progress: bool = False, mc_samples: int = 0) -> FitsPrediction:
     """`predict_fits` with a model loaded by `load_fits_model` (many images, one load)."""
+    check_mc_samples(mc_samples, tta)
     input_path, output_path = Path(input_path), Path(output_path)
     check_output(output_path, [("input", input_path), ("model", fm.path),
                                ("bad-pixel map", bad_pixels)])
@@ -216,10 +241,14 @@ def segment_fits(fm: FitsModel, input_path: str | os.PathLike, output_path: str 
         ys, xs = starts(height, win_h, win_h - overlap), starts(width, win_w, win_w - overlap)
         weight = window_weight(win_h, win_w, overlap)
         k = payload["model_config"].get("num_classes", 1)
-        probs = np.lib.format.open_memmap(Path(tmp) / "prob.npy", "w+", np.float32, (k, height, width))
+        # With MC dropout the std rides along as one more plane (k), blended with the same
+        # weights as the probabilities.
+        planes = k + (mc_samples > 0)
+        probs = np.lib.format.open_memmap(Path(tmp) / "prob.npy", "w+", np.float32,
+                                          (planes, height, width))
         # Strip buffers cover rows [top, top + win_h) of the image, padded right to whole windows.
         padded_w = max(width, win_w)
-        num = np.zeros((k, win_h, padded_w), np.float32)
+        num = np.zeros((planes, win_h, padded_w), np.float32)
         den = np.zeros((win_h, padded_w), np.float32)
         valid_rows = np.zeros((win_h, padded_w), bool)
         top = 0
@@ -238,25 +267,35 @@ def segment_fits(fm: FitsModel, input_path: str | os.PathLike, output_path: str 
                 buf[..., -n:, :] = 0
             top = until
 
+        temperature = 1.0 if fm.temperature is None else fm.temperature
         bar = tqdm(ys, desc=f"{input_path.name}: window rows", unit="row", leave=False,
                    disable=None if progress else True)   # None: shown on a terminal only
-        for y0 in bar:
-            flush(y0)
-            rows, valid = src.rows(y0, min(height, y0 + win_h))
-            x = np.zeros((win_h, padded_w), np.float32)
-            x[:len(rows), :width] = norm.apply(rows, valid)
-            valid_rows[:len(rows), :width] = valid
-            tiles = np.stack([x[:, x0:x0 + win_w] for x0 in xs])
-            with _autocast(model, fm.precision):
-                prob, _ = predict(model, tiles, batch_size, threshold, tta)
-            prob = prob.reshape(len(xs), k, win_h, win_w)
-            for p, x0 in zip(prob, xs):
-                num[:, :, x0:x0 + win_w] += p * weight
-                den[:, x0:x0 + win_w] += weight
-        flush(height)
+        with seeded(model, mc_samples > 0):
+            for y0 in bar:
+                flush(y0)
+                rows, valid = src.rows(y0, min(height, y0 + win_h))
+                x = np.zeros((win_h, padded_w), np.float32)
+                x[:len(rows), :width] = norm.apply(rows, valid)
+                valid_rows[:len(rows), :width] = valid
+                tiles = np.stack([x[:, x0:x0 + win_w] for x0 in xs])
+                with _autocast(model, fm.precision):
+                    prob, _, std = predict_probabilities(model, tiles, batch_size, threshold, tta,
+                                                         False, temperature, mc_samples)
+                prob = prob.reshape(len(xs), k, win_h, win_w)
+                if std is not None:
+                    # std of 1 - P(background) is that of P(background): channel 0 either way.
+                    std = std.reshape(len(xs), k, win_h, win_w)[:, :1]
+                    prob = np.concatenate([prob, std], axis=1)
+                for p, x0 in zip(prob, xs):
+                    num[:, :, x0:x0 + win_w] += p * weight
+                    den[:, x0:x0 + win_w] += weight
+            flush(height)
         probs.flush()
+        std_plane = probs[k] if mc_samples else None
+        probs = probs[:k]
 
         fraction = _source_fraction(probs, threshold)
+        labels, sources = _label_sources(probs, threshold, Path(tmp))
         header = output_header(src.header, src.header.get("NAXIS", 2))
         header["ASMODEL"] = (fm.path.name, "astroseg model file")
         header["ASMHASH"] = fm.sha256  # SHA-256 of the model file (no room for a comment)
@@ -268,12 +307,16 @@ def segment_fits(fm: FitsModel, input_path: str | os.PathLike, output_path: str 
         header["ASOVERLP"] = (overlap, "window overlap (pixels)")
         header["ASPREC"] = (fm.precision, "inference precision")
         header["ASTTA"] = (tta, "logits averaged over the 8 flips/rotations")
+        header["ASCALIB"] = (fm.temperature is not None, "logits divided by a fitted temperature")
+        header["ASTEMP"] = (temperature, "temperature dividing the logits (1 = none)")
+        header["ASMCSAMP"] = (mc_samples, "MC dropout passes (0 = deterministic)")
+        header["ASNSRC"] = (sources, "sources: 8-connected components of MASK")
         header["ASVERSN"] = (__version__, "astroseg version")
         header["ASINPUT"] = (input_path.name, "segmented image")
         header["ASSRCFRC"] = (fraction, "fraction of valid pixels that MASK marks")
-        _write_output(output_path, probs, header, threshold, class_names)
+        _write_output(output_path, probs, header, threshold, class_names, labels, std_plane)
     return FitsPrediction(height, width, len(ys) * len(xs), norm.method, fm.precision,
-                          fraction)
+                          fraction, sources)
 
 
 def _autocast(model: torch.nn.Module, precision: str):
@@ -299,21 +342,37 @@ def _source_fraction(probs: np.ndarray, threshold: float) -> float:
     return marked / valid if valid else 0.0
 
 
+def _label_sources(probs: np.ndarray, threshold: float, tmp: Path) -> tuple[np.ndarray, int]:
+    """Disk-backed int32 labels of MASK's 8-connected components, and how many there are."""
+    _, height, width = probs.shape
+    mask = np.lib.format.open_memmap(tmp / "mask.npy", "w+", np.uint8, (height, width))
+    for y0 in range(0, height, _BLOCK_ROWS):
+        mask[y0:y0 + _BLOCK_ROWS] = _mask_block(probs[:, y0:y0 + _BLOCK_ROWS], threshold) != 0
+    labels = np.lib.format.open_memmap(tmp / "labels.npy", "w+", np.int32, (height, width))
+    count = ndimage.label(mask, structure=np.ones((3, 3), bool), output=labels)
+    return labels, int(count)
+
+
 def _write_output(path: Path, probs: np.ndarray, header: fits.Header, threshold: float,
-                  class_names: list[str]) -> None:
-    """Stream the HDUs block by block from the disk-backed probability array."""
+                  class_names: list[str], labels: np.ndarray,
+                  std: np.ndarray | None = None) -> None:
+    """Stream the HDUs block by block from the disk-backed probability and label arrays."""
     k, height, width = probs.shape
-    planes = [("PRIMARY", np.float32, lambda b: b[0] if k == 1 else 1 - b[0]),
-              ("MASK", np.uint8, lambda b: _mask_block(b, threshold))]
+    planes = [("PRIMARY", np.float32, lambda y: probs[0, y] if k == 1 else 1 - probs[0, y]),
+              ("MASK", np.uint8, lambda y: _mask_block(probs[:, y], threshold))]
     if k > 1:
-        planes += [(f"PROB_{name.upper()[:60]}", np.float32, lambda b, i=i: b[i])
+        planes += [(f"PROB_{name.upper()[:60]}", np.float32, lambda y, i=i: probs[i, y])
                    for i, name in enumerate(class_names)]
+    planes.append(("LABELS", np.int32, lambda y: labels[y]))
+    if std is not None:
+        planes.append(("STD", np.float32, lambda y: std[y]))
     with atomic_output(path) as tmp:
         for name, dtype, plane in planes:
             hdr = _plane_header(name, dtype, height, width, header)
             stream = fits.StreamingHDU(str(tmp), hdr)
             for y0 in range(0, height, _BLOCK_ROWS):
-                stream.write(np.ascontiguousarray(plane(probs[:, y0:y0 + _BLOCK_ROWS]), dtype=dtype))
+                block = plane(slice(y0, y0 + _BLOCK_ROWS))
+                stream.write(np.ascontiguousarray(block, dtype=dtype))
             stream.close()
 
 
@@ -324,7 +383,7 @@ def _plane_header(name: str, dtype: type, height: int, width: int, cards: fits.H
         hdr["SIMPLE"] = True
     else:
         hdr["XTENSION"] = "IMAGE"
-    hdr["BITPIX"] = -32 if dtype == np.float32 else 8
+    hdr["BITPIX"] = {np.float32: -32, np.int32: 32}.get(dtype, 8)
     hdr["NAXIS"], hdr["NAXIS1"], hdr["NAXIS2"] = 2, width, height
     if primary:
         hdr["EXTEND"] = True
@@ -332,5 +391,6 @@ def _plane_header(name: str, dtype: type, height: int, width: int, cards: fits.H
         hdr["PCOUNT"], hdr["GCOUNT"], hdr["EXTNAME"] = 0, 1, name
     hdr.extend(cards)
     if dtype == np.float32:   # the input's BUNIT was dropped with the other value cards
-        hdr["BUNIT"] = ("", "dimensionless: probability in [0, 1]")
+        hdr["BUNIT"] = ("", "dimensionless: std of a probability" if name == "STD"
+                        else "dimensionless: probability in [0, 1]")
     return hdr

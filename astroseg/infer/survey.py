@@ -8,10 +8,14 @@ OUTDIR/X.h5. Before any work, the plan is refused if two inputs map to one outpu
 (or summary.csv) is an input, the model or the bad-pixel map, by any path or link.
 
 An output is up to date, and skipped, when it reads back whole, names the same model file
-(SHA-256, hashed once per run) and the same threshold, TTA and (FITS) window and overlap, or
-(HDF5) --normalize, and is no older than its input. One bad input is a "failed" row and the run
-goes on; Ctrl-C or SIGTERM stops it, and outputs are written atomically, so a rerun redoes only
-what is missing. OUTDIR/summary.csv gets one row per input of the run, in input order.
+(SHA-256, hashed once per run) and the same threshold, TTA, applied temperature, MC samples and
+(FITS) window and overlap, or (HDF5) --normalize, and is no older than its input. With
+`catalog` (ecsv or fits) each FITS input also gets OUTDIR/<stem>.cat.<format>
+(astroseg.infer.catalog); an up-to-date output whose catalogue is missing, older than it or
+made with another --error-hdu gets only its catalogue made again. One bad input is a "failed"
+row and the run goes on; Ctrl-C or SIGTERM stops it, and outputs are written atomically, so a
+rerun redoes only what is missing. OUTDIR/summary.csv gets one row per input of the run, in
+input order.
 
 Parallelism: `workers` > 1 runs that many CPU processes (forkserver, else spawn: torch and fork
 do not mix), each loading the model once and using cores // workers threads. Under torchrun
@@ -50,7 +54,8 @@ from astroseg.device import resolve_device
 from astroseg.errors import AstrosegError, DataError, ParamsError
 from astroseg.data.fits_io import is_fits, stem
 from astroseg.data.parallel import cpu_count
-from astroseg.infer.predict import file_id, file_sha256, segment_h5
+from astroseg.infer.catalog import catalog_current, survey_catalog, write_catalog
+from astroseg.infer.predict import calibration_note, file_id, file_sha256, segment_h5
 from astroseg.infer.predict_fits import FitsModel, load_fits_model, segment_fits
 
 SUMMARY = "summary.csv"
@@ -84,6 +89,10 @@ class Settings:
     precision: str = "auto"
     tta: bool = False
     normalize: bool = False
+    calibration: bool = True          # divide the logits by the model's fitted temperature
+    mc_samples: int = 0               # MC dropout passes (0 = off)
+    catalog: str | None = None        # ecsv | fits: a catalogue per FITS input
+    error_hdu: str | None = None      # the inputs' 1-sigma error HDU, for the catalogue
 
 
 class Interrupted(KeyboardInterrupt):
@@ -161,25 +170,31 @@ def output_name(path: Path) -> str:
     return f"{stem(path)}.fits" if is_fits(path) else f"{stem(path)}.h5"
 
 
-def plan(inputs: list[Path], outdir: Path, keep: list[tuple[str, str | os.PathLike | None]]
-         ) -> list[tuple[Path, Path]]:
+def plan(inputs: list[Path], outdir: Path, keep: list[tuple[str, str | os.PathLike | None]],
+         catalog: str | None = None) -> list[tuple[Path, Path]]:
     """(input, output) pairs; refuse shared output names and outputs that are inputs."""
     if outdir.is_file() or (not outdir.exists() and (
             is_fits(outdir) or outdir.suffix.lower() in (".h5", ".hdf5"))):
         # `a.fits b.fits -o seg.fits` is a slip, not a request for a directory named seg.fits.
         raise ParamsError(f"-o {outdir}: names a file, but several inputs (or a glob or an "
                           "@list) write one output each into a directory: give -o DIR/")
-    pairs, taken = [], {}
+    pairs, taken, extra = [], {}, []
     for path in inputs:
         out = outdir / output_name(path)
-        if out.name in taken:
-            raise ParamsError(f"{taken[out.name]} and {path} would both be written to {out}; "
-                              "rename one, or segment them into different output directories")
-        taken[out.name] = path
+        cat = survey_catalog(out, catalog) if catalog and is_fits(path) else None
+        # A catalogue x.cat.fits can clash with the output of an input named x.cat.fits.
+        for written in (out, cat) if cat is not None else (out,):
+            if written.name in taken:
+                raise ParamsError(f"{taken[written.name]} and {path} would both be written to "
+                                  f"{written}; rename one, or segment them into different "
+                                  "output directories")
+            taken[written.name] = path
         pairs.append((path, out))
+        if cat is not None:
+            extra.append((path, cat))
     protected = {file_id(p): f"the input {p}" for p in inputs if file_id(p)}
     protected.update({file_id(p): f"the {role} {p}" for role, p in keep if p and file_id(p)})
-    for path, out in pairs + [(None, outdir / SUMMARY)]:
+    for path, out in pairs + extra + [(None, outdir / SUMMARY)]:
         victim = protected.get(file_id(out)) if file_id(out) else None
         if victim:
             what = f"the output of {path}" if path else "the run's summary"
@@ -204,7 +219,8 @@ class _Worker:
              notify: Callable[[str], None] | None = None) -> _Worker:
         """Load the model; refuse it if the file changed since the run hashed it."""
         fm = load_fits_model(settings.model, device, settings.precision, settings.window,
-                             settings.overlap, settings.bad_pixels, sha256, notify)
+                             settings.overlap, settings.bad_pixels, sha256, notify,
+                             settings.calibration)
         # An atomic rewrite (a train stage finishing) gives a new inode: the hash would lie.
         if _model_stamp(settings.model) != stamp:
             raise DataError(f"{settings.model}: the model file changed after this run hashed "
@@ -213,26 +229,46 @@ class _Worker:
 
     def expected(self, path: Path) -> dict[str, object]:
         """The provenance an up-to-date output of `path` records."""
-        s = self.settings
+        s, t = self.settings, self.fits.temperature
+        temperature = 1.0 if t is None else t
         if is_fits(path):
             return {"ASMHASH": self.fits.sha256, "ASTHRESH": s.threshold, "ASTTA": s.tta,
-                    "ASWINDOW": self.fits.window, "ASOVERLP": self.fits.overlap}
+                    "ASWINDOW": self.fits.window, "ASOVERLP": self.fits.overlap,
+                    "ASCALIB": t is not None, "ASTEMP": temperature, "ASMCSAMP": s.mc_samples}
         return {"model_sha256": self.fits.sha256, "threshold": s.threshold, "tta": s.tta,
-                "normalized": s.normalize}
+                "normalized": s.normalize, "calibrated": t is not None,
+                "temperature": temperature, "mc_samples": s.mc_samples}
 
-    def segment(self, path: Path, out: Path) -> Row:
-        """Segment one input; any error becomes a failed row (Ctrl-C and SIGTERM propagate)."""
+    def catalog_due(self, path: Path, out: Path) -> bool:
+        """Whether the catalogue of an up-to-date output is to be made (again)."""
+        s = self.settings
+        if not s.catalog or not is_fits(path):
+            return False
+        return not catalog_current(survey_catalog(out, s.catalog), out,
+                                   {"MODELSHA": self.fits.sha256, "ERRHDU": s.error_hdu or ""})
+
+    def segment(self, path: Path, out: Path, catalog_only: bool = False) -> Row:
+        """Segment one input (or, `catalog_only`, make the catalogue of its up-to-date output);
+        any error becomes a failed row (Ctrl-C and SIGTERM propagate)."""
         s, t0, row = self.settings, time.perf_counter(), Row(str(path), str(out))
         try:
-            if is_fits(path):
+            if catalog_only:
+                shape, row.source_fraction = _fits_done(out, {})
+                row.shape = shape
+            elif is_fits(path):
                 r = segment_fits(self.fits, path, out, s.batch_size, s.threshold, s.hdu, s.tta,
-                                 s.bad_pixel_hdu, s.bad_pixels)
-                row.shape = f"{r.height}x{r.width}"
+                                 s.bad_pixel_hdu, s.bad_pixels, mc_samples=s.mc_samples)
+                row.shape, row.source_fraction = f"{r.height}x{r.width}", r.source_fraction
             else:
                 r = segment_h5(self.fits.model, s.model, self.fits.sha256, path, out,
-                               s.batch_size, s.threshold, s.tta, s.normalize)
+                               s.batch_size, s.threshold, s.tta, s.normalize,
+                               self.fits.temperature, s.mc_samples)
                 row.shape = f"{r.images}x{r.height}x{r.width}"
-            row.source_fraction, row.status = r.source_fraction, "ok"
+                row.source_fraction = r.source_fraction
+            if s.catalog and is_fits(path):
+                write_catalog(path, out, survey_catalog(out, s.catalog), self.fits.meta, s.hdu,
+                              s.bad_pixel_hdu, s.bad_pixels, s.error_hdu)
+            row.status = "ok"
         except AstrosegError as exc:
             row.status, row.error = "failed", _one_line(str(exc), path)
         except Exception as exc:   # one file's surprise must not end the survey
@@ -336,7 +372,7 @@ def _init_worker(settings: Settings, sha256: str, stamp: tuple[int, ...], thread
         _STATE = " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def _work(path: Path, out: Path) -> Row:
+def _work(path: Path, out: Path, catalog_only: bool = False) -> Row:
     parent = multiprocessing.parent_process()
     if parent is not None and not parent.is_alive():
         os._exit(1)   # the run was killed (SIGKILL): start no more files as an orphan
@@ -344,7 +380,7 @@ def _work(path: Path, out: Path) -> Row:
         return Row(str(path), str(out), status="failed",
                    error=f"{path}: worker failed to start: {_STATE}")
     try:
-        return _STATE.segment(path, out)
+        return _STATE.segment(path, out, catalog_only)
     except SystemExit as exc:
         # SIGTERM from the main process: the temp files are removed by now. Leave for good,
         # or the pool's worker loop would catch this and take the next file.
@@ -376,13 +412,14 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return ctx
 
 
-def _run_pool(todo: list[tuple[int, Path, Path]], settings: Settings, sha256: str,
+def _run_pool(todo: list[tuple[int, Path, Path, bool]], settings: Settings, sha256: str,
               stamp: tuple[int, ...], workers: int, done: Callable[[int, Row], None],
               ctx: multiprocessing.context.BaseContext) -> None:
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                initargs=(settings, sha256, stamp, max(1, cpu_count() // workers)))
     try:
-        futures = {pool.submit(_work, path, out): (i, path, out) for i, path, out in todo}
+        futures = {pool.submit(_work, path, out, only): (i, path, out)
+                   for i, path, out, only in todo}
         for future in as_completed(futures):
             i, path, out = futures[future]
             try:
@@ -447,7 +484,8 @@ def run_survey(inputs: list[str], outdir: str | os.PathLike, settings: Settings,
         raise ParamsError(f"--workers = {workers} under torchrun: each rank is one worker; "
                           "start more ranks instead (--nproc-per-node)")
     pairs = plan(expand_inputs(inputs, outdir), outdir,
-                 [("model", settings.model), ("bad-pixel map", settings.bad_pixels)])
+                 [("model", settings.model), ("bad-pixel map", settings.bad_pixels)],
+                 settings.catalog)
     device = _device(settings, workers, world, local_rank, notify if rank == 0 else None)
     ctx = _pool_context() if workers > 1 else None
     if world > 1:
@@ -460,6 +498,9 @@ def run_survey(inputs: list[str], outdir: str | os.PathLike, settings: Settings,
     stamp = _model_stamp(settings.model)
     sha256 = file_sha256(settings.model)   # once per run: the workers are handed it
     worker = _Worker.load(settings, sha256, stamp, device, notify if rank == 0 else None)
+    note = calibration_note(settings.model, worker.fits.temperature, settings.calibration)
+    if note and rank == 0 and notify is not None:
+        notify(note)
     mine = list(range(rank, len(pairs), world))
     rows: dict[int, Row] = {}
     bar = tqdm(total=len(mine), desc=f"{outdir}", unit="file",
@@ -476,8 +517,8 @@ def run_survey(inputs: list[str], outdir: str | os.PathLike, settings: Settings,
         for i in mine:
             t0 = time.perf_counter()
             skipped = up_to_date(*pairs[i], worker.expected(pairs[i][0]))
-            if skipped is None:
-                todo.append((i, *pairs[i]))
+            if skipped is None or worker.catalog_due(*pairs[i]):
+                todo.append((i, *pairs[i], skipped is not None))
             else:
                 skipped.seconds = time.perf_counter() - t0
                 done(i, skipped)
@@ -485,8 +526,8 @@ def run_survey(inputs: list[str], outdir: str | os.PathLike, settings: Settings,
             del worker   # the workers load their own
             _run_pool(todo, settings, sha256, stamp, min(workers, len(todo)), done, ctx)
         else:
-            for i, path, out in todo:
-                done(i, worker.segment(path, out))
+            for i, path, out, only in todo:
+                done(i, worker.segment(path, out, only))
     if world > 1:
         parts: list[dict[int, Row] | None] = [None] * world
         dist.all_gather_object(parts, rows)

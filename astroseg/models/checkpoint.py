@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -16,6 +17,15 @@ from astroseg.models import build_model
 from astroseg.models.segformer import fold_decoder_biases
 
 FORMAT_VERSION = 1
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in blocks (provenance of the model that made an output)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict[str, Any],

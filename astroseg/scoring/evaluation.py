@@ -1,9 +1,11 @@
-"""Score a model on a split: per-image loss and per-class IoU/Dice/precision/recall."""
+"""Score a model on a split: per-image loss and per-class IoU/Dice/precision/recall, and on
+request (`Science`) objects, calibration and MC-dropout uncertainty in the same pass."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +18,9 @@ from astroseg.scoring.metrics import (SCORES, confusion_counts, pooled_scores, p
 from astroseg.params import LossParams
 from astroseg.models.symmetry import averaged_logits
 
+if TYPE_CHECKING:   # not imported at run time: training validates without these modules
+    from astroseg.scoring.science import Science
+
 
 @dataclass
 class Evaluation:
@@ -25,6 +30,8 @@ class Evaluation:
     counts: np.ndarray               # (N, foreground classes, 3) int64 TP, FP, FN
     foreground: np.ndarray           # (keep, H, W) float32 probability of not being background
     labels: np.ndarray               # (keep, H, W) uint8 predicted class
+    mc_mean: np.ndarray | None = None  # (keep, H, W) float32 MC-dropout mean and standard
+    mc_std: np.ndarray | None = None   # deviation of that probability (Science.mc_samples)
 
     def summary(self, where: np.ndarray | None = None) -> dict[str, float]:
         """Mean loss and scores over images (or the boolean subset `where`), then over classes."""
@@ -51,33 +58,45 @@ def as_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
 
 def evaluate(model: nn.Module, split: Split, loss: LossParams, device: torch.device,
              batch_size: int, threshold: float = 0.5, keep: int = 0,
-             tta: bool = False) -> Evaluation:
+             tta: bool = False, temperature: float = 1.0,
+             science: Science | None = None) -> Evaluation:
     """Run `model` over `split` in batches (fp32) and score every image; `tta`: average the
-    logits over the 8 flips/rotations."""
+    logits over the 8 flips/rotations (see evaluate_tensors for the rest)."""
     images, masks = as_tensors(split)
-    return evaluate_tensors(model, images, masks, loss, device, batch_size, threshold, keep, tta)
+    return evaluate_tensors(model, images, masks, loss, device, batch_size, threshold, keep, tta,
+                            temperature, science)
 
 
 @torch.no_grad()
 def evaluate_tensors(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
                      loss: LossParams, device: torch.device, batch_size: int,
-                     threshold: float = 0.5, keep: int = 0, tta: bool = False) -> Evaluation:
-    """`evaluate` on (N, 1, H, W) image and mask tensors, on any device (a GPU keeps them)."""
+                     threshold: float = 0.5, keep: int = 0, tta: bool = False,
+                     temperature: float = 1.0, science: Science | None = None,
+                     offset: int = 0) -> Evaluation:
+    """`evaluate` on (N, 1, H, W) image and mask tensors, on any device (a GPU keeps them).
+
+    Probabilities (and so `threshold`) are of logits / `temperature`; the loss is of the raw
+    logits, as in training. `science` accumulates more scores; `offset` is the index of
+    images[0] in the split (for its per-object truth)."""
     model.eval()
-    losses, counts, fg, labels = [], [], [], []
+    losses, counts, fg, labels, mc = [], [], [], [], []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
         y = masks[start:start + batch_size].to(device)
         logits = averaged_logits(model, x) if tta else model(x).float()
-        prob = probabilities(logits)
+        prob = probabilities(logits / temperature)
         pred = predict_labels(prob, threshold)
         # Results stay on the device until the end: one wait for a GPU, not one per batch.
         losses.append(segmentation_loss(logits, y, loss))
         counts.append(confusion_counts(pred, y[:, 0], max(2, logits.shape[1])))
+        extra = science.add(model, x, y, logits, pred, offset + start, temperature) \
+            if science is not None else ()
         if start < keep:
             n = keep - start
             fg.append(1 - prob[:n, 0] if prob.shape[1] > 1 else prob[:n, 0])
             labels.append(pred[:n])
+            if extra:
+                mc.append([m[:n] for m in extra])
     counts = torch.cat(counts).cpu()
     scores = scores_from_counts(counts)
     empty = np.zeros((0, *images.shape[2:]))
@@ -87,17 +106,32 @@ def evaluate_tensors(model: nn.Module, images: torch.Tensor, masks: torch.Tensor
         counts=counts.numpy(),
         foreground=torch.cat(fg).cpu().numpy() if fg else empty.astype(np.float32),
         labels=torch.cat(labels).cpu().numpy() if labels else empty.astype(np.uint8),
+        mc_mean=torch.cat([m for m, _ in mc]).cpu().numpy() if mc else None,
+        mc_std=torch.cat([s for _, s in mc]).cpu().numpy() if mc else None,
     )
+
+
+@torch.no_grad()
+def split_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
+                 batch_size: int, tta: bool = False) -> torch.Tensor:
+    """The model's (N, C, H, W) float32 logits for (N, 1, H, W) images, on the CPU."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device)
+        out.append((averaged_logits(model, x) if tta else model(x).float()).cpu())
+    return torch.cat(out)
 
 
 def evaluate_stream(model: nn.Module, blocks: Iterable[tuple[torch.Tensor, torch.Tensor]],
                     loss: LossParams, device: torch.device, batch_size: int,
-                    threshold: float = 0.5, keep: int = 0, tta: bool = False) -> Evaluation:
+                    threshold: float = 0.5, keep: int = 0, tta: bool = False,
+                    temperature: float = 1.0, science: Science | None = None) -> Evaluation:
     """`evaluate_tensors` over consecutive (images, masks) blocks of a split streamed from disk."""
     parts, seen = [], 0
     for images, masks in blocks:
         parts.append(evaluate_tensors(model, images, masks, loss, device, batch_size, threshold,
-                                      max(0, keep - seen), tta))
+                                      max(0, keep - seen), tta, temperature, science, seen))
         seen += len(images)
     return concat(parts)
 
@@ -106,7 +140,10 @@ def concat(parts: list[Evaluation]) -> Evaluation:
     """The evaluations of consecutive parts of a split as one (DDP ranks' shards, in order)."""
     counts = np.concatenate([p.counts for p in parts])
     scores = scores_from_counts(torch.from_numpy(counts))
+    mc = [p for p in parts if p.mc_mean is not None]
     return Evaluation(loss=np.concatenate([p.loss for p in parts]),
                       scores={k: v.numpy() for k, v in scores.items()}, counts=counts,
                       foreground=np.concatenate([p.foreground for p in parts]),
-                      labels=np.concatenate([p.labels for p in parts]))
+                      labels=np.concatenate([p.labels for p in parts]),
+                      mc_mean=np.concatenate([p.mc_mean for p in mc]) if mc else None,
+                      mc_std=np.concatenate([p.mc_std for p in mc]) if mc else None)

@@ -13,6 +13,7 @@ from astroseg.atomic import atomic_output
 from astroseg.errors import DataError
 
 _KEYS = ("images", "masks", "foreground", "labels")
+_OPTIONAL = ("mc_mean", "mc_std")
 
 
 @dataclass
@@ -22,13 +23,16 @@ class Examples:
     masks: np.ndarray        # uint8 (n, H, W) true class
     foreground: np.ndarray   # float32 (n, H, W) probability of not being background
     labels: np.ndarray       # uint8 (n, H, W) predicted class
+    mc_mean: np.ndarray | None = None   # float32 (n, H, W) MC-dropout mean and standard
+    mc_std: np.ndarray | None = None    # deviation of `foreground` (evaluate.mc_samples >= 2)
 
 
 def save_examples(path: str | os.PathLike, examples: Examples) -> None:
     """Atomically write the examples to HDF5."""
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        for key in _KEYS:
-            f.create_dataset(key, data=getattr(examples, key), track_times=False)
+        for key in _KEYS + _OPTIONAL:
+            if getattr(examples, key) is not None:
+                f.create_dataset(key, data=getattr(examples, key), track_times=False)
 
 
 def load_examples(path: str | os.PathLike) -> Examples:
@@ -38,6 +42,7 @@ def load_examples(path: str | os.PathLike) -> Examples:
         raise DataError(f"{path}: example predictions not found (run the evaluate stage first)")
     try:
         with h5py.File(path, "r") as f:
-            return Examples(*(f[key][:] for key in _KEYS))
+            return Examples(*(f[key][:] for key in _KEYS),
+                            *(f[key][:] if key in f else None for key in _OPTIONAL))
     except (OSError, KeyError) as exc:
         raise DataError(f"{path}: not a readable predictions file ({exc})") from None
