@@ -3,6 +3,8 @@ uncertainty), DVC plot tables, example predictions, and the temperature beside t
 
 import sys
 
+import torch
+
 from astroseg.atomic import write_csv, write_json
 from astroseg.data.dataset import load_split, read_attrs, read_meta, split_nbytes, split_sizes
 from astroseg.data.stream import sequential_blocks, streamed
@@ -54,6 +56,7 @@ def main() -> None:
         print(f"evaluate: evaluate.mc_samples = {cfg.mc_samples} but {MODEL} has no dropout or "
               "drop-path: every pass agrees and the std is 0 (set model.segformer.dropout)")
     science = Science(meta=read_meta(DATA, "test"), mc_samples=cfg.mc_samples)
+    torch.manual_seed(0)   # the MC-dropout masks: a rerun gives the same metrics
     run = dict(threshold=cfg.threshold, keep=cfg.n_examples, tta=cfg.tta,
                temperature=cal.temperature, science=science)
     if split_nbytes(DATA, "test") > cfg.max_memory_gb * 1e9:

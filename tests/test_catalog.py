@@ -197,3 +197,23 @@ def test_survey_catalogues_resume_and_redo_only_what_is_missing(model, tmp_path,
     # A path is not a format in OUTDIR mode.
     assert cli_main([*args, "--catalog", str(tmp_path / "x.ecsv")]) == 2
     assert "--catalog takes a format, ecsv or fits" in capsys.readouterr().err
+
+
+def test_positions_of_an_old_fk4_plate_come_out_in_icrs():
+    from astropy.coordinates import SkyCoord
+
+    wcs = _wcs()
+    wcs.wcs.radesys, wcs.wcs.equinox = "FK4", 1950.0
+    image, light = _field()
+    labels = ndimage.label(light > 20)[0].astype(np.int32)
+    valid = np.ones(image.shape, bool)
+    table = source_table(labels, image, valid, np.ones(image.shape, np.float32),
+                         header=wcs.to_header())
+    native = wcs.pixel_to_world(table["xcentroid"], table["ycentroid"])
+    assert native.frame.name == "fk4"
+    icrs = SkyCoord(native).icrs
+    np.testing.assert_allclose(table["ra"], icrs.ra.deg, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(table["dec"], icrs.dec.deg, rtol=0, atol=1e-9)
+    # B1950 to ICRS moves these positions by about a third of a degree.
+    assert abs(table["dec"][0] - native.dec.deg[0]) > 0.1
+    assert table.meta["SKYFRAME"] == "ICRS" and table.meta["WCSFRAME"] == "FK4 B1950"

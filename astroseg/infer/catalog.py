@@ -4,8 +4,8 @@
     write_catalog("field.fits", "field_seg.fits", "field.ecsv", model_meta)
 
 The sources are the labels of the `LABELS` HDU that `astroseg predict` writes (the 8-connected
-components of MASK; for a multi-class output, which has no LABELS, MASK is labelled here the
-same way). They are measured on the input image in its own units, as astroseg.data.fits_io
+components of MASK; a file without LABELS, from an older astroseg, has its MASK labelled here
+the same way). They are measured on the input image in its own units, as astroseg.data.fits_io
 reads it (BSCALE/BZERO applied, BLANK/NaN and flagged pixels invalid), not on the normalised
 image the model saw. Invalid pixels are masked for photutils'
 SourceCatalog. A background is subtracted first: the sigma-clipped (3 sigma) median of the
@@ -16,8 +16,8 @@ Columns (pixel coordinates 0-based, as photutils gives them: the first pixel's c
 (0, 0), x the column and y the row):
   label, xcentroid, ycentroid, ra, dec, area, segment_flux, [segment_fluxerr,]
   semimajor_sigma, semiminor_sigma, orientation, prob_mean, prob_max, [std_mean]
-ra/dec (deg) are WCS.pixel_to_world at the centroid, in the WCS's own equatorial frame (its
-RADESYS: ICRS, FK5 ...; meta SKYFRAME), or ICRS for a galactic/ecliptic WCS; NaN when the image
+ra/dec (deg) are WCS.pixel_to_world at the centroid, transformed to ICRS whatever the WCS's
+own frame (FK4 B1950, FK5, galactic ...: meta WCSFRAME; SKYFRAME is ICRS); NaN when the image
 has no celestial WCS (the columns are always there, so catalogues of a survey stack).
 segment_fluxerr needs a 1-sigma error plane (`error_hdu`); std_mean needs an STD HDU
 (--mc-samples). prob_* and std_* are over the source's pixels. photutils 3 renamed some of these (x_centroid,
@@ -114,22 +114,27 @@ def _per_label(values: np.ndarray, labels: np.ndarray, wanted: np.ndarray
 
 
 def _sky(header: fits.Header | None, x: np.ndarray, y: np.ndarray
-         ) -> tuple[np.ndarray, np.ndarray, str]:
-    """RA and Dec (deg) of pixel positions and the frame they are in; NaN without a sky WCS."""
+         ) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """ICRS RA and Dec (deg) of pixel positions, "ICRS", and the WCS's own frame; NaN and
+    "none" without a celestial WCS."""
     nan = np.full(len(x), np.nan)
     if header is None:
-        return nan, nan, "none"
+        return nan, nan, "none", "none"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)   # e.g. a missing RADESYS filled in
         wcs = WCS(header)
     if not wcs.has_celestial or wcs.naxis != 2:
-        return nan, nan, "none"
+        return nan, nan, "none", "none"
+    native = wcs.celestial.wcs.radesys or "ICRS"
+    if wcs.celestial.wcs.equinox and np.isfinite(wcs.celestial.wcs.equinox) \
+            and native in ("FK4", "FK5", "FK4-NO-E"):
+        native += f" {'B' if native.startswith('FK4') else 'J'}{wcs.celestial.wcs.equinox:g}"
     if not len(x):
-        return nan, nan, wcs.celestial.wcs.radesys or "ICRS"
-    coords = wcs.pixel_to_world(x, y)
-    if not hasattr(coords, "ra"):   # galactic, ecliptic ...: RA/Dec means ICRS
-        coords = coords.icrs
-    return coords.ra.deg, coords.dec.deg, coords.frame.name.upper()
+        return nan, nan, "ICRS", native
+    # Always ICRS: an old plate's FK4 B1950 WCS gives positions 0.3 deg from today's
+    # catalogues if passed on as they are; the WCS's own frame goes in the meta (WCSFRAME).
+    coords = wcs.pixel_to_world(x, y).icrs
+    return coords.ra.deg, coords.dec.deg, "ICRS", native
 
 
 def source_table(labels: np.ndarray, image: np.ndarray, valid: np.ndarray, prob: np.ndarray,
@@ -161,7 +166,7 @@ def source_table(labels: np.ndarray, image: np.ndarray, valid: np.ndarray, prob:
         measured = {k: np.zeros(0) for k in ("xcentroid", "ycentroid", "area", "segment_flux",
                                              "segment_fluxerr", "semimajor_sigma",
                                              "semiminor_sigma", "orientation")}
-    ra, dec, frame = _sky(header, measured["xcentroid"], measured["ycentroid"])
+    ra, dec, frame, native = _sky(header, measured["xcentroid"], measured["ycentroid"])
     measured.update(ra=ra, dec=dec)
     measured["prob_mean"], measured["prob_max"] = _per_label(prob, labels, wanted)
     if std is not None:
@@ -173,7 +178,7 @@ def source_table(labels: np.ndarray, image: np.ndarray, valid: np.ndarray, prob:
     for name, unit in _UNITS.items():
         table[name].unit = unit
     table.meta.update({"BKG": bkg, "BKGRMS": bkg_rms, "BKGPIX": bkg_pixels,
-                       "XYORIGIN": 0, "SKYFRAME": frame})
+                       "XYORIGIN": 0, "SKYFRAME": frame, "WCSFRAME": native})
     return table
 
 
@@ -194,8 +199,8 @@ def _comments(error: bool, std: bool) -> list[str]:
              "outside the sources; invalid pixels masked.",
              "xcentroid, ycentroid: 0-based pixel coordinates (XYORIGIN = 0: the first pixel's "
              "centre is (0, 0); add 1 for FITS/DS9 pixel coordinates).",
-             "ra, dec: WCS pixel_to_world at the centroid, deg, frame SKYFRAME; NaN without a "
-             "celestial WCS.",
+             "ra, dec: WCS pixel_to_world at the centroid, deg, ICRS (the WCS's own frame: "
+             "WCSFRAME); NaN without a celestial WCS.",
              "prob_mean, prob_max: the model's source probability over the source's pixels."]
     if error:
         lines.append("segment_fluxerr: from the 1-sigma error plane ERRHDU of the input.")
@@ -245,7 +250,7 @@ def write_catalog(input_path: str | os.PathLike, seg_path: str | os.PathLike,
     with fits.open(seg_path, memmap=True) as seg:
         if "LABELS" in seg:
             labels = np.asarray(seg["LABELS"].data, np.int32)   # native byte order
-        elif "MASK" in seg:   # a multi-class output: the same labelling as LABELS
+        elif "MASK" in seg:   # an older output: the same labelling as LABELS
             labels = ndimage.label(seg["MASK"].data > 0, np.ones((3, 3), bool))[0]
         else:
             raise DataError(f"{seg_path}: no LABELS or MASK HDU: not an `astroseg predict` "
