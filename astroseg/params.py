@@ -184,7 +184,7 @@ class SegFormerParams:
     refine_dim: int = _p(32, ge=0)
     drop_path: float = _p(0.0, ge=0, lt=1)
     attn_dropout: float = _p(0.0, ge=0, lt=1)
-    dropout: float = _p(0.0, ge=0, lt=1)
+    dropout: float = _p(0.1, ge=0, lt=1)   # MC dropout (evaluate.mc_samples) samples with it
 
     @property
     def stride(self) -> int:
