@@ -14,7 +14,8 @@ COMPLETENESS = "metrics/baseline_completeness.csv"
 
 def main() -> None:
     cfg = load_params().baseline
-    val = ((images, masks) for images, masks, _ in split_blocks(DATA, "val", cfg.max_memory_gb))
+    val = ((images, masks, valid)
+           for images, masks, _, valid in split_blocks(DATA, "val", cfg.max_memory_gb))
     tuning = tune(val, cfg)
     scores = score(split_blocks(DATA, "test", cfg.max_memory_gb), tuning, cfg)
     metrics = {**scores.metrics(), "deblend": cfg.deblend, "tuned": tuning.record()}

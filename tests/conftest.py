@@ -25,7 +25,8 @@ TINY = {
                             "sr_ratios": [2, 1], "decoder_dim": 16, "refine_dim": 4},
               "tiny_segformer": {"embed_dim": 16, "depth": 1, "num_heads": 2}},
     "train": {"epochs": 2, "batch_size": 8, "progress": False, "device": "cpu"},
-    "evaluate": {"n_examples": 4, "device": "cpu"},
+    "evaluate": {"n_examples": 4, "device": "cpu", "mc_samples": 2},
+    "baseline": {"nsigma": [1.5, 3.0, 5.0], "npixels": [3, 10]},
     "plots": {"n_samples": 3, "n_predictions": 2, "dpi": 40},
 }
 

@@ -44,7 +44,8 @@ def test_bright_blobs_on_noise_are_found():
     metrics = scores.metrics()
     assert metrics["iou"] > 0.7 and metrics["pooled"]["iou"] > 0.7
     assert metrics["objects"] == {"n_true": 12, "n_pred": 12, "found": 12, "completeness": 1.0,
-                                  "purity": 1.0, "splits": 0, "merges": 0}
+                                  "purity": 1.0, "splits": 0, "merges": 0,
+                                  "merges_in_truth": 0}
     assert set(metrics) == {"iou", "dice", "precision", "recall", "pooled", "objects", "n_images"}
     assert set(metrics["pooled"]) == {"iou", "dice", "precision", "recall"}
     assert metrics["n_images"] == 6
@@ -146,3 +147,18 @@ def test_stage_writes_metrics_and_csv(tmp_path):
     assert len(metrics["tuned"]["grid"]) == 4
     with open(tmp_path / "metrics/baseline_completeness.csv", newline="") as f:
         assert list(csv.reader(f)) == [["snr_lo", "snr_hi", "snr", "n", "found", "completeness"]]
+
+
+def test_zero_filled_invalid_pixels_neither_set_the_noise_nor_get_detected():
+    rng = np.random.default_rng(4)
+    image = (100 + rng.normal(0, 2.0, (1, 64, 64))).astype(np.float32)
+    valid = np.ones(image.shape, bool)
+    valid[0, :, :40] = False             # a mosaic's edge: 60% of the tile was never observed
+    image[~valid] = 0
+    _, std_blind = smoothed(image, 2.0)
+    data, std = smoothed(image, 2.0, valid)
+    assert std[0] == pytest.approx(2.0, rel=0.1)        # the image's noise, before smoothing
+    assert abs(std_blind[0] - 2.0) > 1.0                 # the zeros drag it far off
+    labels = detect(data[0], std[0], 3.0, 5, valid=valid[0])
+    assert not (labels[~valid[0]] > 0).any()
+    assert (labels > 0).sum() < 20                      # noise only: nothing much found

@@ -217,3 +217,23 @@ def test_positions_of_an_old_fk4_plate_come_out_in_icrs():
     # B1950 to ICRS moves these positions by about a third of a degree.
     assert abs(table["dec"][0] - native.dec.deg[0]) > 0.1
     assert table.meta["SKYFRAME"] == "ICRS" and table.meta["WCSFRAME"] == "FK4 B1950"
+
+
+def test_a_degenerate_third_wcs_axis_and_a_galactic_wcs_still_give_icrs_positions():
+    image, light = _field()
+    labels = ndimage.label(light > 20)[0].astype(np.int32)
+    valid, prob = np.ones(image.shape, bool), np.ones(image.shape, np.float32)
+    radio = WCS(naxis=3)                      # a 2-D image whose header keeps a FREQ axis
+    radio.wcs.ctype = ["RA---SIN", "DEC--SIN", "FREQ"]
+    radio.wcs.crval, radio.wcs.crpix = [150.1, 2.2, 1.4e9], [40.5, 45.0, 1.0]
+    radio.wcs.cdelt = [-1e-4, 1e-4, 1e6]
+    table = source_table(labels, image, valid, prob, header=radio.to_header())
+    sky = radio.celestial.pixel_to_world(table["xcentroid"], table["ycentroid"]).icrs
+    np.testing.assert_allclose(table["ra"], sky.ra.deg, rtol=0, atol=1e-12)
+    galactic = WCS(naxis=2)
+    galactic.wcs.ctype = ["GLON-TAN", "GLAT-TAN"]
+    galactic.wcs.crval, galactic.wcs.crpix, galactic.wcs.cdelt = [30, 1], [40, 45], [-1e-4, 1e-4]
+    table = source_table(labels, image, valid, prob, header=galactic.to_header())
+    sky = galactic.pixel_to_world(table["xcentroid"], table["ycentroid"]).icrs
+    np.testing.assert_allclose(table["dec"], sky.dec.deg, rtol=0, atol=1e-12)
+    assert table.meta["WCSFRAME"] == "GALACTIC" and table.meta["SKYFRAME"] == "ICRS"

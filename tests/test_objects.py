@@ -47,7 +47,8 @@ def test_split_merge_miss_and_false_positive_counts():
     # Truth components in raster order of their first pixel: A, B1, B2, C.
     assert found.tolist() == [True, True, True, False]
     assert scorer.summary() == {"n_true": 4, "n_pred": 4, "found": 3, "completeness": 0.75,
-                                "purity": 0.75, "splits": 1, "merges": 1}
+                                "purity": 0.75, "splits": 1, "merges": 1,
+                                "merges_in_truth": 0}
 
 
 def test_given_centres_are_rounded_and_clipped_and_counts_sum_over_images():
@@ -75,6 +76,21 @@ def test_a_label_image_counts_touching_sources_apart():
     assert (as_mask.summary()["n_pred"], as_mask.summary()["merges"]) == (1, 1)
     assert (as_labels.summary()["n_pred"], as_labels.summary()["merges"]) == (2, 0)
     assert as_labels.summary()["completeness"] == 1.0
+    # A uint8 0/1 array, as predict returns, is a mask, not one label.
+    as_uint8 = ObjectScorer()
+    as_uint8.add((labels > 0).astype(np.uint8), truth)
+    assert as_uint8.summary()["n_pred"] == 1
+
+
+def test_touching_true_galaxies_set_the_floor_of_merges():
+    truth = np.zeros((20, 30), dtype=bool)
+    truth[5:10, 2:16] = True                       # two galaxies whose masks touch
+    truth[5:10, 20:25] = True                      # and one alone
+    centres = np.array([[7.0, 5.0], [7.0, 12.0], [7.0, 22.0]])
+    perfect = ObjectScorer()
+    perfect.add(truth, truth, centres)
+    s = perfect.summary()
+    assert (s["merges"], s["merges_in_truth"], s["completeness"]) == (1, 1, 1.0)
 
 
 def test_empty_sets_follow_the_pixel_metrics_convention():

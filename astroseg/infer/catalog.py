@@ -113,33 +113,40 @@ def _per_label(values: np.ndarray, labels: np.ndarray, wanted: np.ndarray
     return mean[wanted], peak[wanted]
 
 
-def _sky(header: fits.Header | None, x: np.ndarray, y: np.ndarray
-         ) -> tuple[np.ndarray, np.ndarray, str, str]:
+def _sky(header: fits.Header | None, x: np.ndarray, y: np.ndarray,
+         fobj: fits.HDUList | None = None) -> tuple[np.ndarray, np.ndarray, str, str]:
     """ICRS RA and Dec (deg) of pixel positions, "ICRS", and the WCS's own frame; NaN and
-    "none" without a celestial WCS."""
+    "none" without a celestial WCS on the image's two axes. `fobj`: the input file, for
+    lookup-table distortions (HST's CPDIS/D2IM) kept in other HDUs."""
     nan = np.full(len(x), np.nan)
     if header is None:
         return nan, nan, "none", "none"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)   # e.g. a missing RADESYS filled in
-        wcs = WCS(header)
-    if not wcs.has_celestial or wcs.naxis != 2:
+        try:
+            wcs = WCS(header, fobj=fobj)
+        except (ValueError, KeyError, MemoryError) as exc:
+            raise DataError(f"the WCS of {header.get('EXTNAME', 'the image')} cannot be read "
+                            f"({exc}); RA/Dec need it") from None
+    # A 2-D image may keep a degenerate third WCS axis (radio data: FREQ, STOKES): the sky is
+    # the celestial part, if it lies on the image's two pixel axes.
+    if not wcs.has_celestial or sorted((wcs.wcs.lng, wcs.wcs.lat)) != [0, 1]:
         return nan, nan, "none", "none"
-    native = wcs.celestial.wcs.radesys or "ICRS"
-    if wcs.celestial.wcs.equinox and np.isfinite(wcs.celestial.wcs.equinox) \
-            and native in ("FK4", "FK5", "FK4-NO-E"):
-        native += f" {'B' if native.startswith('FK4') else 'J'}{wcs.celestial.wcs.equinox:g}"
-    if not len(x):
-        return nan, nan, "ICRS", native
+    celestial = wcs.celestial if wcs.naxis > 2 else wcs
+    coords = celestial.pixel_to_world(np.asarray(x, float), np.asarray(y, float))
+    native = coords.frame.name.upper()
+    equinox = getattr(coords.frame, "equinox", None)
+    if equinox is not None and native.startswith("FK"):
+        native += f" J{equinox.jyear:g}" if native == "FK5" else f" B{equinox.byear:g}"
     # Always ICRS: an old plate's FK4 B1950 WCS gives positions 0.3 deg from today's
     # catalogues if passed on as they are; the WCS's own frame goes in the meta (WCSFRAME).
-    coords = wcs.pixel_to_world(x, y).icrs
+    coords = coords.icrs
     return coords.ra.deg, coords.dec.deg, "ICRS", native
 
 
 def source_table(labels: np.ndarray, image: np.ndarray, valid: np.ndarray, prob: np.ndarray,
                  std: np.ndarray | None = None, error: np.ndarray | None = None,
-                 header: fits.Header | None = None) -> Table:
+                 header: fits.Header | None = None, fobj: fits.HDUList | None = None) -> Table:
     """One row per label > 0 of `labels` (see module docstring), background subtracted."""
     from photutils.segmentation import SegmentationImage, SourceCatalog
 
@@ -166,7 +173,7 @@ def source_table(labels: np.ndarray, image: np.ndarray, valid: np.ndarray, prob:
         measured = {k: np.zeros(0) for k in ("xcentroid", "ycentroid", "area", "segment_flux",
                                              "segment_fluxerr", "semimajor_sigma",
                                              "semiminor_sigma", "orientation")}
-    ra, dec, frame, native = _sky(header, measured["xcentroid"], measured["ycentroid"])
+    ra, dec, frame, native = _sky(header, measured["xcentroid"], measured["ycentroid"], fobj)
     measured.update(ra=ra, dec=dec)
     measured["prob_mean"], measured["prob_max"] = _per_label(prob, labels, wanted)
     if std is not None:
@@ -241,6 +248,9 @@ def write_catalog(input_path: str | os.PathLike, seg_path: str | os.PathLike,
     with open_input(input_path, model_meta or {}, hdu, bad_pixel_hdu, bad_pixels) as src:
         image, valid = src.read()
         bunit = _flux_unit(src.header)
+        # The sky from the input's own header and file: its lookup-table distortions live in
+        # other HDUs that the segmentation file does not carry.
+        wcs_header = src.header
     error = None
     if error_hdu:
         with open_image(input_path, parse_hdu(error_hdu)) as err:
@@ -259,7 +269,8 @@ def write_catalog(input_path: str | os.PathLike, seg_path: str | os.PathLike,
         check_same_shape(input_path, image.shape, labels.shape, f"the segmentation {seg_path}")
         prob = seg[0].data
         std = seg["STD"].data if "STD" in seg else None
-        table = source_table(labels, image, valid, prob, std, error, header)
+        with fits.open(input_path) as fobj:
+            table = source_table(labels, image, valid, prob, std, error, wcs_header, fobj)
     if bunit[1] is not None:
         table["segment_flux"].unit = bunit[1]
         if "segment_fluxerr" in table.colnames:

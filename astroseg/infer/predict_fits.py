@@ -67,6 +67,11 @@ _VALUE_CARDS = re.compile(r"^(BUNIT|BTYPE|DATAMIN|DATAMAX|SATUR\w*|SATLEV\w*|(CC
 _AXIS3 = re.compile(r"^(CTYPE|CRVAL|CDELT|CRPIX|CUNIT|CROTA|CNAME|CRDER|CSYER)[3-9][A-Z]?$|"
                     r"^(PC|CD)([3-9]_\d|\d_[3-9])[A-Z]?$")
 _WCSAXES = re.compile(r"^WCSAXES[A-Z]?$")
+# Lookup-table distortions (HST's NPOL and D2IM): their tables live in WCSDVARR/D2IMARR HDUs
+# of the input that the output does not carry, and a header naming them without them is one
+# astropy.wcs refuses to read. The output keeps the WCS and its SIP terms; the catalogue reads
+# positions from the input file, with the tables.
+_LOOKUP = re.compile(r"^(CPDIS|CPERR|D2IMDIS|D2IMERR|DP|DQ)\d|^(D2IMEXT|NPOLEXT)$")
 _BLOCK_ROWS = 512
 
 
@@ -87,13 +92,15 @@ def _round_up(n: int, m: int) -> int:
 
 
 def output_header(header: fits.Header | None, ndim: int) -> fits.Header:
-    """The input's cards minus storage and pixel-value keywords (and a cube's third WCS axis)."""
+    """The input's cards minus storage and pixel-value keywords, lookup-table distortions (see
+    _LOOKUP) and a cube's third WCS axis."""
     out = fits.Header()
     for card in (header or fits.Header()).cards:
         key = card.keyword
         # A HIERARCH card's last word names it: "ESO DET OUT1 GAIN" is a gain.
         name = key.split()[-1] if key else key
-        if STRUCTURAL.match(key) or _VALUE_CARDS.match(name) or (ndim > 2 and _AXIS3.match(key)):
+        if STRUCTURAL.match(key) or _VALUE_CARDS.match(name) or _LOOKUP.match(key) or \
+                (ndim > 2 and _AXIS3.match(key)):
             continue
         if ndim > 2 and _WCSAXES.match(key):
             out[key] = 2

@@ -7,6 +7,8 @@ mask stays the same, touching sources become separate objects). `nsigma` and `np
 chosen on the validation split by a grid, for the best mean pixel IoU (ties to the first grid
 point, nsigma outer, npixels inner); the chosen setting is then scored on the test split with
 the model's pixel metrics (astroseg/scoring/metrics.py) and object metrics (objects.py).
+Tiles cut from FITS fields carry a `valid` map: the statistics, the smoothing and the detection
+use the valid pixels only (the file holds zeros elsewhere, which would fake a sky edge).
 """
 
 from __future__ import annotations
@@ -33,28 +35,38 @@ from astroseg.scoring.objects import ObjectScorer, truth_objects
 Blocks = Iterable[tuple[np.ndarray, np.ndarray]]
 
 
-def smoothed(images: np.ndarray, fwhm: float) -> tuple[np.ndarray, np.ndarray]:
-    """(N, H, W) images -> background-subtracted Gaussian-smoothed images and (N,) noise std."""
+def smoothed(images: np.ndarray, fwhm: float, valid: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) images -> background-subtracted Gaussian-smoothed images and (N,) noise std,
+    both from the `valid` pixels only (FITS tiles: invalid ones are zero-filled in the file)."""
     images = np.asarray(images, dtype=np.float32)
-    # Per-image stats in one call: astropy clips each image along its own axes.
-    _, median, std = sigma_clipped_stats(images, sigma=3.0, axis=(1, 2))
-    median, std = np.atleast_1d(median), np.atleast_1d(std)
+    invalid = None if valid is None else ~np.asarray(valid, dtype=bool)
+    # Per-image stats in one call: astropy clips each image along its own axes. The zeros of
+    # a mosaic's edge would otherwise pull the median down and the noise far off.
+    _, median, std = sigma_clipped_stats(images, mask=invalid, sigma=3.0, axis=(1, 2))
+    median = np.nan_to_num(np.atleast_1d(median).astype(np.float32))   # NaN: nothing valid
+    std = np.nan_to_num(np.atleast_1d(std).astype(np.float64))
+    data = images - median[:, None, None]
+    if invalid is not None:
+        data[invalid] = 0     # the sky level: no light leaks from the gap into the smoothing
     size = 2 * math.ceil(fwhm) + 1    # odd, covering about +-2.5 sigma of the Gaussian
     kernel = make_2dgaussian_kernel(fwhm, size=size).array.astype(np.float32)
     # The kernel's third axis of 1 smooths every image of the stack on its own; "nearest"
     # edges do not darken the borders the way zero padding would.
-    data = ndimage.convolve(images - median[:, None, None].astype(np.float32),
-                            kernel[None], mode="nearest")
-    return data, std.astype(np.float64)
+    return ndimage.convolve(data, kernel[None], mode="nearest"), std
 
 
 def detect(data: np.ndarray, std: float, nsigma: float, npixels: int,
-           deblend: bool = False) -> np.ndarray:
-    """(H, W) int32 source labels (0 = sky) of one smoothed image, from photutils."""
+           deblend: bool = False, valid: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) int32 source labels (0 = sky) of one smoothed image, from photutils; nothing is
+    detected on pixels outside `valid`."""
+    if std <= 0:    # a constant (or wholly invalid) image: no noise to scale a threshold by
+        return np.zeros(data.shape, dtype=np.int32)
+    mask = None if valid is None else ~np.asarray(valid, dtype=bool)
     with warnings.catch_warnings():
         # Nothing above a high threshold is an answer the sweep asks for, not a problem.
         warnings.simplefilter("ignore", NoDetectionsWarning)
-        segm = detect_sources(data, nsigma * std, npixels)
+        segm = detect_sources(data, nsigma * std, npixels, mask=mask)
     if segm is None:    # photutils' answer when nothing is above the threshold
         return np.zeros(data.shape, dtype=np.int32)
     if deblend:
@@ -69,9 +81,11 @@ def _iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return scores_from_counts(counts)["iou"][:, 0].numpy()
 
 
-def grid_iou(images: np.ndarray, masks: np.ndarray, cfg: BaselineParams) -> np.ndarray:
+def grid_iou(images: np.ndarray, masks: np.ndarray, cfg: BaselineParams,
+             valid: np.ndarray | None = None) -> np.ndarray:
     """(len(nsigma), len(npixels), N) pixel IoU of every grid point on every image."""
-    data, std = smoothed(images, cfg.fwhm)
+    data, std = smoothed(images, cfg.fwhm, valid)
+    some = [None] * len(images) if valid is None else valid
     truth = np.asarray(masks) > 0
     smallest = min(cfg.npixels)
     sizes = np.asarray(cfg.npixels)
@@ -79,7 +93,8 @@ def grid_iou(images: np.ndarray, masks: np.ndarray, cfg: BaselineParams) -> np.n
     for s, nsigma in enumerate(cfg.nsigma):
         # One detection per threshold at the smallest npixels; a larger npixels only drops the
         # smaller sources, exactly what detect_sources would do with it.
-        labels = np.stack([detect(data[i], std[i], nsigma, smallest) for i in range(len(images))])
+        labels = np.stack([detect(data[i], std[i], nsigma, smallest, valid=some[i])
+                           for i in range(len(images))])
         area = [np.bincount(lab.ravel()) for lab in labels]
         for p, npix in enumerate(sizes):
             keep = np.stack([np.r_[False, a[1:] >= npix][lab] for a, lab in zip(area, labels)])
@@ -102,10 +117,11 @@ class Tuning:
 
 
 def tune(blocks: Blocks, cfg: BaselineParams) -> Tuning:
-    """Pick nsigma and npixels by the best mean pixel IoU over (images, masks) blocks of val."""
+    """Pick nsigma and npixels by the best mean pixel IoU over (images, masks[, valid]) blocks
+    of val."""
     total, n = 0.0, 0
-    for images, masks in blocks:
-        total = total + grid_iou(images, masks, cfg).sum(-1)
+    for images, masks, *valid in blocks:
+        total = total + grid_iou(images, masks, cfg, *valid).sum(-1)
         n += len(images)
     if n == 0:
         raise DataError("baseline: the validation split holds no images to tune on")
@@ -124,11 +140,13 @@ class BaselineScores:
     objects: ObjectScorer = field(default_factory=ObjectScorer)
 
     def add(self, images: np.ndarray, masks: np.ndarray, meta: dict[str, np.ndarray],
-            nsigma: float, npixels: int, cfg: BaselineParams) -> np.ndarray:
+            nsigma: float, npixels: int, cfg: BaselineParams,
+            valid: np.ndarray | None = None) -> np.ndarray:
         """Detect on a block of images, score it; meta rows match the block. Returns labels."""
-        data, std = smoothed(images, cfg.fwhm)
+        data, std = smoothed(images, cfg.fwhm, valid)
         truth = np.asarray(masks) > 0
-        labels = np.stack([detect(data[i], std[i], nsigma, npixels, cfg.deblend)
+        some = [None] * len(images) if valid is None else valid
+        labels = np.stack([detect(data[i], std[i], nsigma, npixels, cfg.deblend, some[i])
                            for i in range(len(images))])
         self.counts.append(confusion_counts(torch.from_numpy((labels > 0).astype(np.uint8)),
                                             torch.from_numpy(truth.astype(np.uint8))))
@@ -147,12 +165,11 @@ class BaselineScores:
         return out
 
 
-def score(blocks: Iterable[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]],
-          tuning: Tuning, cfg: BaselineParams) -> BaselineScores:
-    """Score the tuned setting on (images, masks, meta) blocks of the test split."""
+def score(blocks: Iterable[tuple], tuning: Tuning, cfg: BaselineParams) -> BaselineScores:
+    """Score the tuned setting on (images, masks, meta[, valid]) blocks of the test split."""
     scores = BaselineScores()
-    for images, masks, meta in blocks:
-        scores.add(images, masks, meta, tuning.nsigma, tuning.npixels, cfg)
+    for images, masks, meta, *valid in blocks:
+        scores.add(images, masks, meta, tuning.nsigma, tuning.npixels, cfg, *valid)
     return scores
 
 
@@ -161,8 +178,10 @@ _BYTES_PER_PIXEL = 20
 
 
 def split_blocks(path: str | os.PathLike, split: str, max_memory_gb: float
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
-    """(images, masks, meta) of `split` in blocks of rows that fit in `max_memory_gb`."""
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray],
+                                     np.ndarray | None]]:
+    """(images, masks, meta, valid or None) of `split` in blocks of rows that fit in
+    `max_memory_gb`."""
     with open_split(path, split) as group:
         n, h, w = group["images"].shape
         rows = max(CHUNK_ROWS, int(max_memory_gb * 1e9 / (_BYTES_PER_PIXEL * h * w)))
@@ -174,4 +193,6 @@ def split_blocks(path: str | os.PathLike, split: str, max_memory_gb: float
             if not np.isfinite(images).all():
                 raise DataError(f"{path}: {split}/images holds NaN or infinite values "
                                 f"(rows {start}..{stop - 1})")
-            yield images, group["masks"][start:stop], {k: v[start:stop] for k, v in meta.items()}
+            valid = group["valid"][start:stop] > 0 if "valid" in group else None
+            yield (images, group["masks"][start:stop], {k: v[start:stop] for k, v in meta.items()},
+                   valid)

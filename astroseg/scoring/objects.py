@@ -14,14 +14,18 @@ were found at all. The matching rule is symmetric and simple to explain:
 - A *merge* is a predicted component holding the centres of 2 or more true objects.
 - A *split* is a truth component holding more predicted-component centres than true-object
   centres (and at least 2 when it holds none): one source seen as several.
+- `merges_in_truth` counts the truth components that hold 2 or more true centres: galaxies
+  whose masks touch. A binary prediction cannot separate them, so that count is the floor of
+  `merges` for any mask, a perfect one included; only a label image (deblended) goes below.
 
 Empty sets mirror the pixel metrics (astroseg/scoring/metrics.py): a ratio with a zero
 denominator is 1 only when truth and prediction are both empty, else 0. So with no true
 objects completeness is 1 if nothing was predicted and 0 otherwise, and with no predictions
 purity is 1 if there was nothing to find and 0 otherwise.
 
-A prediction may also be an integer label image (0 = background, e.g. deblended sources):
-its labels are then the predicted components, so touching sources count apart.
+A prediction may also be an integer label image wider than uint8 (0 = background, e.g.
+deblended sources): its labels are then the predicted components, so touching sources count
+apart. A bool or uint8 array is a mask.
 """
 
 from __future__ import annotations
@@ -63,10 +67,11 @@ def component_centres(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _as_labels(pred: np.ndarray) -> tuple[np.ndarray, int]:
-    """A bool mask's components, or an integer label image relabelled to 1..n."""
+    """A mask's components (bool or uint8, the dtypes masks come in), or a wider integer label
+    image relabelled to 1..n."""
     pred = np.asarray(pred)
-    if pred.dtype == bool:
-        return components(pred)
+    if pred.dtype in (bool, np.uint8):
+        return components(pred > 0)
     if not np.issubdtype(pred.dtype, np.integer) or (pred < 0).any():
         raise DataError(f"prediction of dtype {pred.dtype}: expected a bool mask or a "
                         "non-negative integer label image")
@@ -86,6 +91,7 @@ class ObjectScorer:
 
     def __init__(self) -> None:
         self.n_true = self.n_pred = self.found = self.pure = self.splits = self.merges = 0
+        self.merges_in_truth = 0
         self._snr: list[np.ndarray] = []
         self._found: list[np.ndarray] = []
 
@@ -130,6 +136,7 @@ class ObjectScorer:
         self.found += int(found.sum())
         self.pure += int((pred_in_truth > 0).sum())
         self.merges += int((per_pred >= 2).sum())
+        self.merges_in_truth += int((true_per_comp >= 2).sum())
         self.splits += int((pred_per_comp > np.maximum(true_per_comp, 1)).sum())
         if snr is not None:
             self._snr.append(snr)
@@ -137,12 +144,14 @@ class ObjectScorer:
         return found
 
     def summary(self) -> dict[str, float | int]:
-        """{"n_true", "n_pred", "found", "completeness", "purity", "splits", "merges"}"""
+        """{"n_true", "n_pred", "found", "completeness", "purity", "splits", "merges",
+        "merges_in_truth"}"""
         both_empty = self.n_true == 0 and self.n_pred == 0
         return {"n_true": self.n_true, "n_pred": self.n_pred, "found": self.found,
                 "completeness": _ratio(self.found, self.n_true, both_empty),
                 "purity": _ratio(self.pure, self.n_pred, both_empty),
-                "splits": self.splits, "merges": self.merges}
+                "splits": self.splits, "merges": self.merges,
+                "merges_in_truth": self.merges_in_truth}
 
     def completeness_rows(self, edges: tuple[float, ...] = SNR_EDGES
                           ) -> list[dict[str, float | int]]:
