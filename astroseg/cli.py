@@ -127,7 +127,8 @@ def _predict_fits(args: argparse.Namespace, source: str) -> int:
         if os.path.abspath(catalog) == os.path.abspath(args.output):
             raise ParamsError(f"--catalog {catalog}: is the -o output; give it another name")
         check_output(catalog, [("input", source), ("output", args.output),
-                               ("model", args.model), ("bad-pixel map", args.bad_pixels)])
+                               ("model", args.model), ("bad-pixel map", args.bad_pixels)],
+                     "--catalog")
         check_error_hdu(source, args.error_hdu)
     fm = load_fits_model(args.model, args.device, args.precision, args.window, args.overlap,
                          args.bad_pixels, notify=_note, calibration=not args.no_calibration)

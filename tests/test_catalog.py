@@ -154,7 +154,7 @@ def test_catalog_options_are_checked_before_any_work(model, tmp_path, capsys):
     cases = [(["--catalog", str(tmp_path / "cat.txt")], "expected a file name ending in .ecsv"),
              (["--catalog", str(seg)], "is the -o output"),
              (["--error-hdu", "ERR"], "give --catalog too"),
-             (["--catalog", str(image)], "is the input"),
+             (["--catalog", str(image)], f"--catalog {image}: is the input"),
              (["--mc-samples", "1"], "expected 0 (off) or >= 2"),
              (["--mc-samples", "2", "--tta"], "with --tta"),
              (["--catalog", str(tmp_path / "c.ecsv"), "--error-hdu", "WHT"], "no HDU 'WHT'")]

@@ -244,7 +244,7 @@ def write_catalog(input_path: str | os.PathLike, seg_path: str | os.PathLike,
     input_path, seg_path, catalog_path = Path(input_path), Path(seg_path), Path(catalog_path)
     catalog_format(catalog_path)
     check_output(catalog_path, [("input", input_path), ("segmentation", seg_path),
-                                ("bad-pixel map", bad_pixels)])
+                                ("bad-pixel map", bad_pixels)], "--catalog")
     with open_input(input_path, model_meta or {}, hdu, bad_pixel_hdu, bad_pixels) as src:
         image, valid = src.read()
         bunit = _flux_unit(src.header)

@@ -225,16 +225,17 @@ def file_id(path: str | os.PathLike) -> tuple[int, int] | None:
 
 
 def check_output(output_path: str | os.PathLike,
-                 keep: list[tuple[str, str | os.PathLike | None]]) -> None:
-    """Refuse an output that is one of the `keep` files (role, path) by any path or link."""
+                 keep: list[tuple[str, str | os.PathLike | None]], option: str = "-o") -> None:
+    """Refuse an output (given with `option`) that is one of the `keep` files (role, path) by
+    any path or link."""
     out = file_id(output_path)
     if out is None:
         return
     for role, path in keep:
         # Same device and inode: the same path, a symlink to it, or a hard link.
         if path is not None and str(path) != "" and file_id(path) == out:
-            raise ParamsError(f"-o {output_path}: is the {role} {path} (the same file); astroseg "
-                              f"never writes over its {role}: choose another output")
+            raise ParamsError(f"{option} {output_path}: is the {role} {path} (the same file); "
+                              f"astroseg never writes over its {role}: choose another output")
 
 
 @dataclass(frozen=True)
