@@ -28,7 +28,7 @@ PR_CURVE = "metrics/pr_curve.csv"
 CALIBRATION_PIXELS = 8_000_000   # validation pixels the temperature is fitted on, at most
 
 
-def calibrate(model, cfg: EvaluateParams, device) -> Calibration:
+def calibrate(model: torch.nn.Module, cfg: EvaluateParams, device: torch.device) -> Calibration:
     """Fit the temperature on (the first images of) the validation split, or record T = 1."""
     sha = file_sha256(MODEL)
     if not cfg.calibrate:

@@ -12,9 +12,8 @@ array. Memory is O(window x width), not O(image). The output FITS has:
                    the input was invalid
   HDU 2.. PROB_<CLASS>  float32 per-class probabilities, multi-class models only
   LABELS           int32 source labels: the connected components (8-connected) of MASK's
-                   nonzero pixels, numbered 1..ASNSRC in raster order; 0 = background/invalid.
-                   Binary models only: a multi-class file keeps PRIMARY, MASK, PROB_<CLASS>
-                   (ASNSRC still counts MASK's components, and the catalogue labels MASK alike)
+                   nonzero pixels, numbered 1..ASNSRC in raster order; 0 = background/invalid
+                   (after the PROB_<CLASS> planes of a multi-class model)
   STD              float32 standard deviation of HDU 0 over Monte Carlo dropout passes
                    (`mc_samples` >= 2 only; HDU 0 is then their mean), NaN where invalid
 Labelling needs the whole mask at once: scipy.ndimage.label runs on disk-backed arrays, but it
