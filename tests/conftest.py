@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,3 +100,20 @@ def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     if check:
         assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+# A tiny binary segformer (total stride 8): the checkpoint of the predict and catalogue tests.
+TINY_MODEL = {"name": "segformer", "num_classes": 1, "dims": [8, 16], "depths": [1, 1],
+              "heads": [1, 2], "sr_ratios": [2, 1], "decoder_dim": 16, "refine_dim": 4}
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory) -> Path:
+    """An untrained TINY_MODEL checkpoint (minmax), for tests of everything but the weights."""
+    from astroseg.models import build_model
+    from astroseg.models.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, build_model(TINY_MODEL), TINY_MODEL, {"normalization": "minmax"})
+    return path

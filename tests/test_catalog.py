@@ -7,7 +7,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
@@ -16,14 +15,9 @@ from scipy import ndimage
 from astroseg.cli import main as cli_main
 from astroseg.infer.catalog import source_table, write_catalog
 from astroseg.infer.predict import file_sha256
-from astroseg.models import build_model
-from astroseg.models.checkpoint import save_checkpoint
 
 SKY, NOISE = 100.0, 2.0
 SOURCES = [(20.3, 30.7, 400.0), (60.0, 15.2, 250.0), (45.5, 70.1, 300.0)]   # y, x, peak
-CONFIG = {"name": "segformer", "num_classes": 1, "dims": [8, 16], "depths": [1, 1],
-          "heads": [1, 2], "sr_ratios": [2, 1], "decoder_dim": 16, "refine_dim": 4}
-
 
 def _wcs() -> WCS:
     wcs = WCS(naxis=2)
@@ -39,15 +33,6 @@ def _field(size: int = 96) -> tuple[np.ndarray, np.ndarray]:
                 for y, x, peak in SOURCES)
     noise = NOISE * np.random.default_rng(0).standard_normal((size, size))
     return (SKY + light + noise).astype(np.float32), light
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    """An untrained checkpoint (stride 8, minmax): what it marks is whatever it marks."""
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.manual_seed(0)
-    save_checkpoint(path, build_model(CONFIG), CONFIG, {"normalization": "minmax"})
-    return path
 
 
 def test_source_table_measures_known_sources_and_places_them_on_the_sky():
@@ -102,10 +87,10 @@ def _input(path: Path) -> Path:
     return path
 
 
-def test_cli_catalog_columns_meta_and_sky_positions(model, tmp_path, capsys):
+def test_cli_catalog_columns_meta_and_sky_positions(untrained, tmp_path, capsys):
     image = _input(tmp_path / "field.fits")
     seg, cat = tmp_path / "seg.fits", tmp_path / "cat.ecsv"
-    args = ["predict", str(image), "-o", str(seg), "--model", str(model), "--device", "cpu",
+    args = ["predict", str(image), "-o", str(seg), "--model", str(untrained), "--device", "cpu",
             "--window", "48", "--overlap", "8", "--hdu", "SCI"]
     assert cli_main([*args, "--catalog", str(cat), "--error-hdu", "ERR",
                      "--mc-samples", "2"]) == 0
@@ -130,7 +115,7 @@ def test_cli_catalog_columns_meta_and_sky_positions(model, tmp_path, capsys):
     assert table["segment_flux"].unit == "adu"
     meta = table.meta
     assert meta["INPUT"] == "field.fits" and meta["SEGMAP"] == "seg.fits"
-    assert meta["MODELSHA"] == file_sha256(model) and meta["THRESH"] == 0.5
+    assert meta["MODELSHA"] == file_sha256(untrained) and meta["THRESH"] == 0.5
     assert meta["MCSAMP"] == 2 and meta["TEMP"] == 1.0 and meta["CALIB"] is False
     assert meta["FLUXUNIT"] == "adu" and meta["XYORIGIN"] == 0 and meta["ERRHDU"] == "ERR"
     assert meta["SKYFRAME"] == "ICRS" and meta["BKG"] == pytest.approx(SKY, abs=1.0)
@@ -147,10 +132,10 @@ def test_cli_catalog_columns_meta_and_sky_positions(model, tmp_path, capsys):
     np.testing.assert_array_equal(Table.read(third)["segment_flux"], table["segment_flux"])
 
 
-def test_catalog_options_are_checked_before_any_work(model, tmp_path, capsys):
+def test_catalog_options_are_checked_before_any_work(untrained, tmp_path, capsys):
     image = _input(tmp_path / "field.fits")
     seg = tmp_path / "seg.fits"
-    base = ["predict", str(image), "-o", str(seg), "--model", str(model), "--device", "cpu"]
+    base = ["predict", str(image), "-o", str(seg), "--model", str(untrained), "--device", "cpu"]
     cases = [(["--catalog", str(tmp_path / "cat.txt")], "expected a file name ending in .ecsv"),
              (["--catalog", str(seg)], "is the -o output"),
              (["--error-hdu", "ERR"], "give --catalog too"),
@@ -165,17 +150,17 @@ def test_catalog_options_are_checked_before_any_work(model, tmp_path, capsys):
     stack = tmp_path / "in.h5"
     with h5py.File(stack, "w") as f:
         f["images"] = np.zeros((1, 16, 16), np.float32)
-    assert cli_main(["predict", str(stack), "-o", str(tmp_path / "o.h5"), "--model", str(model),
+    assert cli_main(["predict", str(stack), "-o", str(tmp_path / "o.h5"), "--model", str(untrained),
                      "--catalog", str(tmp_path / "c.ecsv")]) == 2
     assert "--catalog applies to FITS input" in capsys.readouterr().err
 
 
-def test_survey_catalogues_resume_and_redo_only_what_is_missing(model, tmp_path, capsys):
+def test_survey_catalogues_resume_and_redo_only_what_is_missing(untrained, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     for i in range(2):
         fits.PrimaryHDU(_field()[0] + i).writeto(tmp_path / f"in/f{i}.fits")
     out = tmp_path / "out"
-    args = ["predict", str(tmp_path / "in/*.fits"), "-o", str(out), "--model", str(model),
+    args = ["predict", str(tmp_path / "in/*.fits"), "-o", str(out), "--model", str(untrained),
             "--device", "cpu", "--window", "48", "--overlap", "8"]
     assert cli_main([*args, "--catalog", "ecsv"]) == 0
     cats = [out / "f0.cat.ecsv", out / "f1.cat.ecsv"]

@@ -25,14 +25,11 @@ from astroseg.data.normalize import Normalization
 from astroseg.infer.predict import file_sha256, load_model, predict
 from astroseg.infer.predict_fits import normalized_input, predict_fits
 from astroseg.data.sky import write_sky
-from conftest import ROOT, run_stage, tiny_params, write_params
+from conftest import ROOT, TINY_MODEL as CONFIG, run_stage, tiny_params, write_params
 
 SIZE, TILE = 96, 48
 COSMIC = (30, 40)      # a cosmic ray, flagged in DQ
 FLAGGED = (70, 10)     # a hot pixel, flagged in DQ
-CONFIG = {"name": "segformer", "num_classes": 1, "dims": [8, 16], "depths": [1, 1],
-          "heads": [1, 2], "sr_ratios": [2, 1], "decoder_dim": 16, "refine_dim": 4}
-
 
 def _field(path: Path, mask_path: Path, seed: int, dq: bool = True) -> None:
     """A 96x96 float field in SCI (sky ~200, sources up to ~505) with a flagged cosmic ray."""
@@ -64,15 +61,6 @@ def dq_project(tmp_path_factory) -> Path:
         result = run_stage(stage, root)
         assert result.returncode == 0, result.stderr
     return root
-
-
-@pytest.fixture(scope="module")
-def untrained(tmp_path_factory) -> Path:
-    """An untrained checkpoint (stride 8, minmax), for tests of everything but the weights."""
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.manual_seed(0)
-    save_checkpoint(path, build_model(CONFIG), CONFIG, {"normalization": "minmax"})
-    return path
 
 
 def test_checkpoint_records_the_hdus_read_in_training(dq_project):

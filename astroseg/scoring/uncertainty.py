@@ -18,15 +18,17 @@ from astroseg.models.segformer import DropPath
 from astroseg.scoring.losses import probabilities
 
 
-def _is_stochastic(module: nn.Module) -> bool:
-    return (isinstance(module, (nn.modules.dropout._DropoutNd, DropPath))
-            or getattr(module, "attn_dropout", 0.0) > 0)
+def _rate(module: nn.Module) -> float:
+    """The module's own dropout or drop-path rate (attention dropout included), else 0."""
+    if isinstance(module, (nn.modules.dropout._DropoutNd, DropPath)):
+        return module.p
+    return getattr(module, "attn_dropout", 0.0)
 
 
 @contextlib.contextmanager
 def stochastic(model: nn.Module) -> Iterator[nn.Module]:
     """Switch on the model's dropout and drop-path (only) for MC sampling; BatchNorm stays in eval."""
-    switched = [m for m in model.modules() if _is_stochastic(m) and not m.training]
+    switched = [m for m in model.modules() if _rate(m) > 0 and not m.training]
     for m in switched:
         m.training = True      # this module only: its children (e.g. a norm) keep their mode
     try:
@@ -38,12 +40,7 @@ def stochastic(model: nn.Module) -> Iterator[nn.Module]:
 
 def has_dropout(model: nn.Module) -> bool:
     """Whether any dropout or drop-path rate of the model is above 0 (else MC std is 0)."""
-    for m in model.modules():
-        if isinstance(m, (nn.modules.dropout._DropoutNd, DropPath)) and m.p > 0:
-            return True
-        if getattr(m, "attn_dropout", 0.0) > 0:
-            return True
-    return False
+    return any(_rate(m) > 0 for m in model.modules())
 
 
 @torch.no_grad()
