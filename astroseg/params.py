@@ -83,7 +83,7 @@ class NoiseParams:
 
 @dataclass(frozen=True)
 class FitsParams:
-    """`data.source: fits`: survey images and masks, tiled; split by field (file), not by tile."""
+    """`data.source: fits`: survey images and masks, tiled; split by field (file) or by block."""
     images: str = _p("raw/images/*.fits")   # glob, relative to the project root
     masks: str = _p("raw/masks/*.fits")     # paired with images by file name (without suffix)
     hdu: str = _p("")                       # image HDU: index or EXTNAME; "" = first image HDU
@@ -93,13 +93,19 @@ class FitsParams:
     tile: int = _p(128, ge=8)
     stride: int = _p(96, ge=1)
     skip_empty: bool = _p(False)            # drop tiles without any source pixel
-    val_fraction: float = _p(0.15, gt=0, lt=1)
+    split: str = _p("auto", choices=("auto", "field", "block"))   # astroseg.data.blocks
+    block: int = _p(512, ge=16)             # block side (pixels) for split: block
+    val_fraction: float = _p(0.15, gt=0, lt=1)   # of the fields, or of the blocks
     test_fraction: float = _p(0.15, gt=0, lt=1)
 
     def check(self) -> None:
         if self.stride > self.tile:
             raise ParamsError(f"data.fits.stride = {self.stride} exceeds data.fits.tile = "
                               f"{self.tile}: tiles would leave gaps")
+        if self.split != "field" and self.block < 2 * self.tile:
+            raise ParamsError(f"data.fits.block = {self.block} is under 2 x data.fits.tile = "
+                              f"{2 * self.tile}: a block bordered by other splits loses half a "
+                              "tile of guard band on each side and must still hold a tile")
         if self.val_fraction + self.test_fraction >= 1:
             raise ParamsError("data.fits.val_fraction + data.fits.test_fraction must be < 1 "
                               "to leave fields for training")

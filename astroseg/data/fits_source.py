@@ -1,10 +1,14 @@
-"""`data.source: fits`: survey images + masks -> normalised tiles, split by field.
+"""`data.source: fits`: survey images + masks -> normalised tiles, split by field or by block.
 
-A field is one image file. Fields, not tiles, are assigned to train/val/test (shuffled with
-`data.seed`), so overlapping neighbours of one field never straddle two splits. Each field is
-normalised as a whole (astroseg.data.normalize) and cut into `tile` x `tile` windows every `stride`
-pixels; tiles with no valid pixel (or, with `skip_empty`, no source pixel) are dropped.
-Invalid pixels are 0 in `images`, background in `masks` and 0 in the per-tile `valid` map.
+`data.fits.split` picks how tiles are dealt to train/val/test (astroseg.data.blocks): `field`
+gives each file to one split (overlapping neighbours of one field never straddle two splits);
+`block` deals blocks of each field, with a guard band of one tile between splits, so a single
+mosaic can be trained on; `auto` is `field` from 3 files on, else `block`. Each field is
+normalised as a whole (astroseg.data.normalize), from its pixels alone and not its mask, as
+`astroseg predict` does, and cut into `tile` x `tile` windows every `stride` pixels; tiles with
+no valid pixel (or, with `skip_empty`, no source pixel) are dropped. Invalid pixels are 0 in
+`images`, background in `masks` and 0 in the per-tile `valid` map, which the loss and the
+metrics leave out.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from astroseg.data.blocks import SPLIT_NAMES, BlockGrid, deal, deal_blocks
 from astroseg.data.dataset import SPLITS, DatasetWriter
 from astroseg.errors import DataError
 from astroseg.data.fits_io import check_same_shape, open_image, parse_hdu, read_mask, stem
@@ -24,7 +29,10 @@ from astroseg.data.normalize import Normalization, normalize_array
 from astroseg.params import DataParams, FitsParams
 from astroseg.data.tiling import cut_tiles, pad_to
 
-META_DTYPES = {"field": np.int32, "y": np.int32, "x": np.int32, "valid_fraction": np.float32}
+# block: the tile's block (row-major over the fields' block grids, in field order); -1 when
+# whole fields are split.
+META_DTYPES = {"field": np.int32, "y": np.int32, "x": np.int32, "valid_fraction": np.float32,
+               "block": np.int32}
 
 
 @dataclass(frozen=True)
@@ -70,21 +78,6 @@ def find_fields(p: FitsParams, root: str | os.PathLike = ".") -> list[Field]:
     return [Field(n, images[n], masks[n], bad.get(n)) for n in images]
 
 
-def split_fields(fields: list[Field], val_fraction: float, test_fraction: float,
-                 seed: int) -> dict[str, list[Field]]:
-    """Shuffle fields with `seed` and deal them to test, val, then train (at least 1 each)."""
-    if len(fields) < 3:
-        raise DataError(f"{len(fields)} field(s) found; need at least 3 image files so that "
-                        "train, val and test each get a whole field")
-    order = np.random.default_rng(seed).permutation(len(fields))
-    n = len(fields)
-    n_test = min(max(1, round(test_fraction * n)), n - 2)
-    n_val = min(max(1, round(val_fraction * n)), n - 1 - n_test)
-    picked = [fields[i] for i in order]
-    return {"test": picked[:n_test], "val": picked[n_test:n_test + n_val],
-            "train": picked[n_test + n_val:]}
-
-
 def load_field(field: Field, p: FitsParams, method: str
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Normalization]:
     """A field's normalised image, uint8 mask and valid map, checking shapes and values."""
@@ -107,28 +100,77 @@ class Tiles:
 
 
 def field_tiles(index: int, image: np.ndarray, mask: np.ndarray, valid: np.ndarray,
-                p: FitsParams) -> Tiles:
-    """Cut one field into tiles, dropping invalid (and, with skip_empty, source-free) ones."""
+                p: FitsParams, pos: np.ndarray | None = None, block: np.ndarray | None = None
+                ) -> Tiles:
+    """Cut one field into tiles (every `stride`, or at the (K, 2) starts `pos`), dropping
+    invalid (and, with skip_empty, source-free) ones; `block` is each tile's block index."""
     valid = pad_to(valid, p.tile, p.tile, value=False)
-    (images, masks, valids), pos = cut_tiles([image, mask, valid], p.tile, p.stride)
+    (images, masks, valids), pos = cut_tiles([image, mask, valid], p.tile, p.stride, pos)
     fraction = valids.mean(axis=(1, 2), dtype=np.float64).astype(np.float32)
     keep = fraction > 0
     if p.skip_empty:
         keep &= masks.any(axis=(1, 2))
+    block = np.full(len(pos), -1, np.int32) if block is None else block
     meta = {"field": np.full(keep.sum(), index, np.int32), "y": pos[keep, 0], "x": pos[keep, 1],
-            "valid_fraction": fraction[keep]}
+            "valid_fraction": fraction[keep], "block": block[keep]}
     return Tiles(images[keep], masks[keep], valids[keep].astype(np.uint8), meta)
 
 
-def iter_split_tiles(split_fields: dict[str, list[Field]], p: FitsParams, method: str
-                     ) -> Iterator[tuple[str, int, Field, Normalization, Tiles]]:
-    """(split, field index, field, normalisation, tiles) for every field, split by split."""
-    index = 0
-    for split in SPLITS:
-        for field in split_fields[split]:
-            image, mask, valid, norm = load_field(field, p, method)
-            yield split, index, field, norm, field_tiles(index, image, mask, valid, p)
-            index += 1
+def split_mode(p: FitsParams, n_fields: int) -> str:
+    """`field` or `block`: what `data.fits.split` means for this many fields."""
+    if p.split == "auto":
+        return "field" if n_fields >= 3 else "block"
+    if p.split == "field" and n_fields < 3:
+        raise DataError(f"{n_fields} field(s) found and data.fits.split = field; need at least 3 "
+                        "image files so that train, val and test each get a whole field, or "
+                        "data.fits.split: block (or auto) to split inside the fields")
+    return p.split
+
+
+def field_shape(field: Field, p: FitsParams) -> tuple[int, int]:
+    """A field's (H, W), from its header."""
+    with open_image(field.image, parse_hdu(p.hdu)) as src:
+        return src.shape
+
+
+def iter_tiles(fields: list[Field], p: FitsParams, method: str, seed: int
+               ) -> Iterator[tuple[dict, dict[str, Tiles]]]:
+    """(provenance record, tiles per split) of every field, split by field or by block."""
+    if split_mode(p, len(fields)) == "field":
+        dealt = deal(len(fields), p.val_fraction, p.test_fraction, seed, "field(s)")
+        grids = [None] * len(fields)
+    else:
+        grids = deal_blocks([field_shape(f, p) for f in fields], p.block, p.val_fraction,
+                            p.test_fraction, seed)
+    first_block = 0
+    # Whole fields go split by split (train, val, test), so the file's field index rises.
+    order = range(len(fields)) if grids[0] is not None else \
+        [i for s in (0, 1, 2) for i in np.flatnonzero(dealt == s)]
+    for index, k in enumerate(order):
+        field, grid = fields[k], grids[k]
+        image, mask, valid, norm = load_field(field, p, method)
+        record = {"name": field.name, "image": str(field.image), "mask": str(field.mask),
+                  "normalization": norm.as_dict()}
+        if grid is None:
+            split = SPLIT_NAMES[dealt[k]]
+            tiles = {split: field_tiles(index, image, mask, valid, p)}
+            record.update(split=split, tiles=len(tiles[split].images))
+        else:
+            tiles = {}
+            for s, pos in grid.tiles(p.tile, p.stride, p.tile).items():
+                blocks = _block_of(grid, pos) + first_block
+                tiles[SPLIT_NAMES[s]] = field_tiles(index, image, mask, valid, p, pos, blocks)
+            first_block += grid.count
+            record.update(split="block", tiles={s: len(t.images) for s, t in tiles.items()},
+                          blocks=grid.records())
+        yield record, tiles
+
+
+def _block_of(grid: BlockGrid, pos: np.ndarray) -> np.ndarray:
+    # Row-major index of the block holding each tile's first pixel.
+    i = np.searchsorted(grid.ys, pos[:, 0], side="right") - 1
+    j = np.searchsorted(grid.xs, pos[:, 1], side="right") - 1
+    return (i * grid.split.shape[1] + j).astype(np.int32)
 
 
 def write_fits_dataset(path: str | os.PathLike, p: DataParams, root: str | os.PathLike = "."
@@ -139,24 +181,24 @@ def write_fits_dataset(path: str | os.PathLike, p: DataParams, root: str | os.Pa
     bad file anywhere leaves the previous dataset untouched.
     """
     fields = find_fields(p.fits, root)
-    splits = split_fields(fields, p.fits.val_fraction, p.fits.test_fraction, p.seed)
     records, counts = [], dict.fromkeys(SPLITS, 0)
     attrs = {"source": "fits", "class_names": ["background", "source"],
              "normalization": p.normalize, "params": p.record()}
     shape = (p.fits.tile, p.fits.tile)
     with DatasetWriter(path, attrs) as out:
         writers = {s: out.split(s, None, shape, META_DTYPES, valid=True) for s in SPLITS}
-        for split, index, field, norm, tiles in iter_split_tiles(splits, p.fits, p.normalize):
-            writers[split].write(counts[split], tiles.images, tiles.masks, tiles.meta, tiles.valid)
-            counts[split] += len(tiles.images)
-            records.append({"name": field.name, "image": str(field.image), "mask": str(field.mask),
-                            "split": split, "tiles": len(tiles.images),
-                            "normalization": norm.as_dict()})
+        for record, tiles in iter_tiles(fields, p.fits, p.normalize, p.seed):
+            for split, part in tiles.items():
+                writers[split].write(counts[split], part.images, part.masks, part.meta,
+                                     part.valid)
+                counts[split] += len(part.images)
+            records.append(record)
         empty = [s for s in SPLITS if counts[s] == 0]
         if empty:
-            names = [r["name"] for r in records if r["split"] == empty[0]]
-            raise DataError(f"split '{empty[0]}' got no tiles from its fields {names}: every "
-                            "tile was invalid or empty; check the masks, data.fits.skip_empty "
-                            "and data.fits.tile")
+            names = [r["name"] for r in records if r["split"] in (empty[0], "block")]
+            raise DataError(f"split '{empty[0]}' got no tiles from fields {names}: every tile "
+                            "was invalid or empty, or (data.fits.split: block) no block of it "
+                            "holds a tile clear of the guard band; check the masks, "
+                            "data.fits.skip_empty, data.fits.tile and data.fits.block")
         out.set_attr("fields", records)
     return counts

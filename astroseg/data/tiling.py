@@ -23,18 +23,21 @@ def pad_to(image: np.ndarray, height: int, width: int, value: float = 0) -> np.n
     return np.pad(image, ((0, ph), (0, pw)), constant_values=value)
 
 
-def cut_tiles(arrays: list[np.ndarray], tile: int, stride: int
+def cut_tiles(arrays: list[np.ndarray], tile: int, stride: int, pos: np.ndarray | None = None
               ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Cut same-shaped (H, W) arrays into (N, tile, tile) stacks; also the (N, 2) (y, x) starts.
+    """Cut same-shaped (H, W) arrays into (N, tile, tile) stacks at the (N, 2) (y, x) starts
+    `pos` (default: every `stride`, covering the field); also return the starts.
 
     Fields smaller than a tile are padded (callers pad their valid mask with False).
     """
-    h, w = arrays[0].shape
-    ys, xs = starts(h, tile, stride), starts(w, tile, stride)
+    if pos is None:
+        h, w = arrays[0].shape
+        ys, xs = starts(h, tile, stride), starts(w, tile, stride)
+        pos = np.array([(y, x) for y in ys for x in xs], dtype=np.int32)
     arrays = [pad_to(a, tile, tile) for a in arrays]
-    pos = np.array([(y, x) for y in ys for x in xs], dtype=np.int32)
-    stacks = [np.stack([a[y:y + tile, x:x + tile] for y, x in pos]) for a in arrays]
-    return stacks, pos
+    stacks = [np.stack([a[y:y + tile, x:x + tile] for y, x in pos]) if len(pos)
+              else np.zeros((0, tile, tile), a.dtype) for a in arrays]
+    return stacks, pos.reshape(-1, 2)
 
 
 def ramp(size: int, overlap: int) -> np.ndarray:
