@@ -214,6 +214,42 @@ def _make_sky(args: argparse.Namespace) -> None:
           f"(images/*.fits, masks/*.fits)")
 
 
+def _label(args: argparse.Namespace) -> int:
+    from astroseg.data.fits_io import parse_hdu
+    from astroseg.data.labeling import LabelSettings, label_file, plan
+    from astroseg.errors import AstrosegError
+    from astroseg.infer.survey import expand_inputs
+
+    settings = LabelSettings(args.nsigma, args.npixels, args.fwhm, args.box, args.deblend,
+                             parse_hdu(args.hdu), parse_hdu(args.bad_pixel_hdu))
+    settings.check()
+    outdir = Path(args.output)
+    pairs = plan(expand_inputs(args.input, outdir), outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    failed = sources = 0
+    for path, out in pairs:
+        try:
+            r = label_file(path, out, settings, args.overwrite)
+        except AstrosegError as exc:
+            failed += 1
+            message = " ".join(str(exc).split())
+            print(f"error: {message if message.startswith(str(path)) else f'{path}: {message}'}",
+                  file=sys.stderr, flush=True)
+            continue
+        except Exception as exc:   # one file's surprise must not stop the others
+            failed += 1
+            print(f"error: {path}: {type(exc).__name__}: {' '.join(str(exc).split())}",
+                  file=sys.stderr, flush=True)
+            continue
+        sources += r.n_sources
+        note = "" if r.background == "2d" else " (global background: smaller than 2 boxes)"
+        print(f"{path} -> {out}: {r.n_sources} sources, {100 * r.source_fraction:.1f}% of the "
+              f"valid pixels{note}", flush=True)
+    print(f"{outdir}: {len(pairs) - failed} labelled ({sources} sources), {failed} failed, of "
+          f"{len(pairs)} images")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `astroseg` command."""
     parser = argparse.ArgumentParser(prog="astroseg", description=__doc__,
@@ -302,6 +338,39 @@ def build_parser() -> argparse.ArgumentParser:
     sky.add_argument("--overwrite", action="store_true", help="replace the fields an earlier "
                      "make-sky wrote there (field_*.fits) instead of refusing")
     sky.set_defaults(func=_make_sky)
+    lab = sub.add_parser("label", help="bootstrap masks for images without any: a photutils "
+                         "segmentation map per image, SExtractor-style",
+                         formatter_class=_HelpFormatter,
+                         description="Each image gets MASKDIR/<stem>.fits: an int32 "
+                         "segmentation map (0 = sky, 1..N = sources) with the image's celestial "
+                         "WCS, from photutils: a 2-D background and RMS (Background2D; global "
+                         "statistics for an image under two boxes on a side), Gaussian "
+                         "smoothing, then detect_sources at NSIGMA x the local RMS. Invalid "
+                         "pixels (NaN, BLANK, bad-pixel flags) are never labelled. Use them with "
+                         "data.fits.masks: 'MASKDIR/*.fits'. A model trained on them learns "
+                         "photutils' labels, not the true extent of the sources. A failed file "
+                         "does not stop the others (exit status 1 at the end).")
+    lab.add_argument("input", nargs="+", help="FITS (or PNG) images; globs (quoted: expanded "
+                     "by astroseg, ** included) and @LIST files (one path or glob a line)")
+    lab.add_argument("-o", "--output", required=True, metavar="MASKDIR",
+                     help="directory for the masks (created if missing)")
+    lab.add_argument("--nsigma", type=float, default=1.5, help="detection threshold, x the "
+                     "background RMS, on the smoothed image (SExtractor's DETECT_THRESH)")
+    lab.add_argument("--npixels", type=int, default=5, help="minimum source area in pixels "
+                     "(SExtractor's DETECT_MINAREA)")
+    lab.add_argument("--fwhm", type=float, default=3.0, help="FWHM of the Gaussian smoothing "
+                     "kernel (pixels)")
+    lab.add_argument("--box", type=int, default=64, help="background box side (pixels), "
+                     "SExtractor's BACK_SIZE")
+    lab.add_argument("--deblend", action="store_true", help="split touching sources "
+                     "(photutils deblend_sources); the binary mask stays the same")
+    lab.add_argument("--hdu", default=None, metavar="HDU", help="image HDU index, EXTNAME or "
+                     "EXTNAME,EXTVER (default: the first HDU with an image)")
+    lab.add_argument("--bad-pixel-hdu", default=None, metavar="HDU", help="HDU of the same file "
+                     "flagging bad pixels, nonzero = bad, e.g. DQ (default: none)")
+    lab.add_argument("--overwrite", action="store_true", help="replace masks already in "
+                     "MASKDIR (never an input)")
+    lab.set_defaults(func=_label)
     return parser
 
 

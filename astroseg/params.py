@@ -265,6 +265,7 @@ class TrainParams:
     checkpoint_minutes: float = _p(10.0, ge=0)
     max_memory_gb: float = _p(4.0, gt=0)
     loader_workers: int = _p(2, ge=0)
+    init_from: str = _p("")                 # checkpoint to fine-tune from ("" = random init)
 
     def check(self) -> None:
         if self.nproc > self.batch_size:

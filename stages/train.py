@@ -15,7 +15,7 @@ from astroseg.data.stream import StreamedSplit, streamed
 from astroseg.device import resolve_precision
 from astroseg.errors import ParamsError, run_main
 from astroseg.models import build_model
-from astroseg.models.checkpoint import save_checkpoint
+from astroseg.models.checkpoint import file_sha256, init_from, save_checkpoint
 from astroseg.params import Params, TrainParams, load_params, to_dict
 from astroseg.train import distributed
 from astroseg.train.history import EpochRecord, write_history
@@ -68,6 +68,11 @@ def main() -> None:
     attrs = read_attrs(DATA)
     shape = load_split(DATA, "train", limit=1).images.shape[1:]
     model, config = _checked_model(params, attrs, shape)   # before any rank starts: errors once
+    init = {}
+    if cfg.init_from:    # fine-tuning: every rank loads the same weights
+        start = init_from(model, config, cfg.init_from)
+        init = {"path": cfg.init_from, "sha256": file_sha256(cfg.init_from),
+                "normalization": start["meta"].get("normalization", "minmax")}
     if cfg.nproc > 1 and not distributed.launched_by_torchrun():
         _check_ranks(cfg.nproc, cfg.batch_size, split_sizes(DATA).get("val", (0,))[0])
         distributed.relaunch_under_torchrun(cfg.nproc, __file__)    # does not return
@@ -90,6 +95,10 @@ def main() -> None:
         say(f"train: {config['name']} with {n_params / 1e6:.2f} M parameters on {device}{ranks} "
             f"({resolve_precision(cfg.precision, device)}); {len(train)} train / {len(val)} val "
             f"images; peak lr {cfg.peak_lr():.3g} at batch {cfg.batch_size}")
+        if init:
+            say(f"train: starting from the weights of {init['path']} (trained on "
+                f"'{init['normalization']}'-normalised data; this data is "
+                f"'{attrs.get('normalization', 'minmax')}')")
         if cfg.compile != "false" and device.type != "cuda":
             say("train: train.compile applies on CUDA only; training eagerly on the CPU")
         left = len(train) % cfg.batch_size
@@ -98,8 +107,9 @@ def main() -> None:
                 f"a global batch needs one image per rank (train.batch_size = {cfg.batch_size})")
         recorded = to_dict(params)
         recorded["train"] = {k: v for k, v in recorded["train"].items() if k not in NOT_IN_RESULT}
-        key = fingerprint({s: recorded[s] for s in ("model", "loss", "train")}, DATA, attrs,
-                          package_code(__file__))
+        # The starting weights' hash too: a resumed state must have begun from the same file.
+        key = fingerprint({**{s: recorded[s] for s in ("model", "loss", "train")}, "init": init},
+                          DATA, attrs, package_code(__file__))
         t0 = time.perf_counter()
 
         def report(r: EpochRecord) -> None:
@@ -124,7 +134,8 @@ def main() -> None:
         meta = {"normalization": attrs.get("normalization", "minmax"),
                 "class_names": attrs.get("class_names", ["background", "source"]),
                 "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-                "val_iou": best.val_iou, "precision": result.precision}
+                "val_iou": best.val_iou, "precision": result.precision,
+                **({"init_from": init} if init else {})}
         if attrs.get("source") == "fits":
             # The HDUs read in training: `astroseg predict` reads a FITS image the same way.
             fits_params = attrs.get("params", {}).get("fits", {})

@@ -32,6 +32,9 @@ SPLITS = ("train", "val", "test")
 # shrank them, and lzf cost a third of the read speed. Masks compress 25x with lzf. Chosen by
 # benchmarks/bench_h5_layout.py (benchmarks/README.md, "HDF5 chunk layout for streaming").
 CHUNK_ROWS = 16
+# Mask value of a pixel outside the `valid` map, as the model-facing tensors carry it: the loss
+# and the metrics leave such pixels out. The file itself holds 0 there and the valid map.
+IGNORE = 255
 COMPRESSION = {"images": {}, "masks": {"compression": "lzf"}, "valid": {"compression": "lzf"}}
 
 
@@ -50,6 +53,15 @@ class Split:
     def shape(self) -> tuple[int, ...]:
         """(H, W) of every image."""
         return self.images.shape[1:]
+
+    def targets(self) -> np.ndarray:
+        """The masks with IGNORE outside the valid map (the masks themselves without one)."""
+        return self.masks if self.valid is None else with_ignore(self.masks, self.valid)
+
+
+def with_ignore(masks: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """`masks` with IGNORE where `valid` is 0."""
+    return np.where(valid.astype(bool), masks, np.uint8(IGNORE))
 
 
 @dataclass
@@ -264,4 +276,5 @@ def write_splits(path: str | os.PathLike, splits: Iterable[tuple[str, Split]],
     with DatasetWriter(path, attrs) as out:
         for name, s in splits:
             dtypes = {k: np.dtype((v.dtype, v.shape[1:])) for k, v in s.meta.items()}
-            out.split(name, len(s), s.images.shape[1:], dtypes).write(0, s.images, s.masks, s.meta)
+            writer = out.split(name, len(s), s.images.shape[1:], dtypes, valid=s.valid is not None)
+            writer.write(0, s.images, s.masks, s.meta, s.valid)

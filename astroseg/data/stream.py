@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from astroseg.data.dataset import open_split
+from astroseg.data.dataset import open_split, with_ignore
 from astroseg.errors import DataError
 
 BLOCKS_PER_BUFFER_MAX = 64
@@ -73,7 +73,8 @@ def block_order(n: int, block: int, buffer: int, seed: int, epoch: int) -> list[
 
 
 class _Rows(Dataset):
-    """Item i: images and masks of the rows `wanted[i]`, in that order, read block by block."""
+    """Item i: images and targets (masks, IGNORE outside a valid map) of the rows `wanted[i]`,
+    in that order, read block by block."""
 
     def __init__(self, s: StreamedSplit, wanted: list[np.ndarray]):
         self.s, self.wanted = s, wanted
@@ -104,6 +105,8 @@ class _Rows(Dataset):
             try:
                 block_images = group["images"][first:stop]
                 block_masks = group["masks"][first:stop]
+                if "valid" in group:
+                    block_masks = with_ignore(block_masks, group["valid"][first:stop])
             except (KeyError, OSError) as exc:
                 raise DataError(f"{self.s.path}: cannot read rows {first}-{stop - 1} of split "
                                 f"'{self.s.split}': {exc}") from None

@@ -43,6 +43,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict[str,
 def load_checkpoint(path: str | os.PathLike,
                     device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint in eval mode on `device`; return it and the payload."""
+    payload = read_checkpoint(path)
+    model = build_model(payload["model_config"])
+    model.load_state_dict(_state(payload))
+    # What the model was trained on (normalisation, classes) travels with it, so `predict` can
+    # prepare raw inputs the same way.
+    model.astroseg_meta = dict(payload.get("meta", {}))
+    return model.to(device).eval(), payload
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's payload (config, weights, metadata), its format checked."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: checkpoint not found (run the train stage first)")
@@ -54,12 +65,50 @@ def load_checkpoint(path: str | os.PathLike,
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
         raise DataError(f"{path}: checkpoint format {found!r}, expected {FORMAT_VERSION}")
-    model = build_model(payload["model_config"])
+    return payload
+
+
+def _state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
     state = payload["state_dict"]
     if payload["model_config"].get("name") == "segformer":
         state = fold_decoder_biases(state)
+    return state
+
+
+# Config keys that change no weight's shape or meaning: they may differ when fine-tuning.
+_FREE = ("image_size", "dropout", "attn_dropout", "drop_path")
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    # Tuples (params) and lists (YAML, older checkpoints) of the same values are the same.
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def init_from(model: nn.Module, config: dict[str, Any], path: str | os.PathLike,
+              key: str = "train.init_from") -> dict[str, Any]:
+    """Load the weights of checkpoint `path` into `model` (built from `config`) to fine-tune
+    it; refuse, naming the difference, a checkpoint of another architecture. Returns the
+    checkpoint's payload."""
+    if not Path(path).is_file():
+        raise DataError(f"{key} = {str(path)!r}: no such checkpoint file (a path relative to "
+                        "the project root, or '' to start from random weights)")
+    payload = read_checkpoint(path)
+    theirs, ours = _plain(payload["model_config"]), _plain(config)
+    differ = [f"{k}: {theirs.get(k)!r} in the checkpoint, {ours.get(k)!r} here"
+              for k in sorted(set(theirs) | set(ours))
+              if k not in _FREE and theirs.get(k) != ours.get(k)]
+    if differ:
+        raise DataError(f"{key} = {path}: another architecture ({'; '.join(differ)}); "
+                        "set model.* (and the data's bands) to the checkpoint's to fine-tune it")
+    state, mine = _state(payload), model.state_dict()
+    missing = [k for k in mine if k not in state]
+    extra = [k for k in state if k not in mine]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
+              if k in state and state[k].shape != v.shape]
+    for what, keys in (("misses", missing), ("has unexpected", extra),
+                       ("has other shapes for", shapes)):
+        if keys:
+            raise DataError(f"{key} = {path}: the checkpoint {what} {len(keys)} weight(s) of "
+                            f"this model ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
     model.load_state_dict(state)
-    # What the model was trained on (normalisation, classes) travels with it, so `predict` can
-    # prepare raw inputs the same way.
-    model.astroseg_meta = dict(payload.get("meta", {}))
-    return model.to(device).eval(), payload
+    return payload

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from astropy.stats import sigma_clipped_stats
-from photutils.segmentation import deblend_sources, detect_sources, make_2dgaussian_kernel
-from photutils.utils.exceptions import NoDetectionsWarning
+from photutils.segmentation import make_2dgaussian_kernel
 from scipy import ndimage
 
+from astroseg.data import labeling
 from astroseg.data.dataset import CHUNK_ROWS, open_split
 from astroseg.errors import DataError
 from astroseg.params import BaselineParams
@@ -62,16 +61,7 @@ def detect(data: np.ndarray, std: float, nsigma: float, npixels: int,
     detected on pixels outside `valid`."""
     if std <= 0:    # a constant (or wholly invalid) image: no noise to scale a threshold by
         return np.zeros(data.shape, dtype=np.int32)
-    mask = None if valid is None else ~np.asarray(valid, dtype=bool)
-    with warnings.catch_warnings():
-        # Nothing above a high threshold is an answer the sweep asks for, not a problem.
-        warnings.simplefilter("ignore", NoDetectionsWarning)
-        segm = detect_sources(data, nsigma * std, npixels, mask=mask)
-    if segm is None:    # photutils' answer when nothing is above the threshold
-        return np.zeros(data.shape, dtype=np.int32)
-    if deblend:
-        segm = deblend_sources(data, segm, npixels, progress_bar=False)
-    return segm.data.astype(np.int32, copy=False)
+    return labeling.detect(data, nsigma * std, npixels, deblend, valid)
 
 
 def _iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from astroseg.atomic import write_json
+from astroseg.data.dataset import IGNORE
 from astroseg.errors import DataError
 
 FINE_BINS = 1500
@@ -98,11 +99,16 @@ def calibrated_event(logits: torch.Tensor, target: torch.Tensor, temperature: fl
 
 
 def nll(logits: torch.Tensor, target: torch.Tensor, temperature: float) -> float:
-    """Mean per-pixel negative log-likelihood of the truth under logits / temperature."""
+    """Mean per-pixel negative log-likelihood of the truth under logits / temperature, over the
+    pixels whose target is not IGNORE."""
     scaled = logits.float() / temperature
+    valid = target != IGNORE
     if scaled.shape[1] == 1:
-        return float(F.binary_cross_entropy_with_logits(scaled, target.float()))
-    return float(F.cross_entropy(scaled, target[:, 0].long()))
+        ce = F.binary_cross_entropy_with_logits(scaled, torch.where(valid, target, 0).float(),
+                                                reduction="none") * valid
+    else:
+        ce = F.cross_entropy(scaled, target[:, 0].long(), ignore_index=IGNORE, reduction="none")
+    return float(ce.sum() / valid.sum().clamp(min=1))
 
 
 def fit_temperature(logits: torch.Tensor, target: torch.Tensor) -> float:

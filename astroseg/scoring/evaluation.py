@@ -52,8 +52,10 @@ class Evaluation:
 
 
 def as_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 1, H, W) float32 images and uint8 masks as tensors sharing the split's memory."""
-    return torch.from_numpy(split.images).unsqueeze(1), torch.from_numpy(split.masks).unsqueeze(1)
+    """(N, 1, H, W) float32 images and uint8 targets (masks, IGNORE outside the valid map) as
+    tensors; without a valid map, both share the split's memory."""
+    return torch.from_numpy(split.images).unsqueeze(1), \
+        torch.from_numpy(split.targets()).unsqueeze(1)
 
 
 def evaluate(model: nn.Module, split: Split, loss: LossParams, device: torch.device,

@@ -4,12 +4,15 @@ Scores are computed for the foreground classes (1..K-1; class 1 alone for a bina
 ratio with a zero denominator counts as 1 only where truth and prediction are both empty (there
 was nothing to find and nothing was wrongly found), and as 0 otherwise: an empty prediction on
 an image with sources scores precision 0 (not a free 1), and a prediction on an empty image
-scores recall 0. `pooled_scores` sums the counts over images first (pixel-pooled, "micro").
+scores recall 0. `pooled_scores` sums the counts over images first (pixel-pooled, "micro"). Target pixels of
+IGNORE (not measured) are neither found nor missed.
 """
 
 from __future__ import annotations
 
 import torch
+
+from astroseg.data.dataset import IGNORE
 
 SCORES = ("iou", "dice", "precision", "recall")
 
@@ -22,11 +25,13 @@ def predict_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_labels: int = 2) -> torch.Tensor:
-    """(B, H, W) predicted and true class indices -> (B, num_labels - 1, 3) TP, FP, FN per class."""
+    """(B, H, W) predicted and true class indices -> (B, num_labels - 1, 3) TP, FP, FN per class;
+    pixels whose target is IGNORE are left out."""
     pred, target = pred.flatten(1), target.flatten(1)
+    known = target != IGNORE
     counts = []
     for c in range(1, num_labels):
-        p, t = pred == c, target == c
+        p, t = (pred == c) & known, target == c
         counts.append(torch.stack([(p & t).sum(1), (p & ~t).sum(1), (~p & t).sum(1)], 1))
     return torch.stack(counts, 1)
 

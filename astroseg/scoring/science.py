@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from astroseg.data.dataset import IGNORE
 from astroseg.scoring.calibration import ProbabilityHistogram, calibrated_event
 from astroseg.scoring.losses import probabilities
 from astroseg.scoring.objects import ObjectScorer, truth_objects
@@ -42,12 +43,16 @@ class Science:
     def add(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
             pred: torch.Tensor, first: int, temperature: float) -> tuple[torch.Tensor, ...]:
         """Score one batch (images `first`...); returns the MC mean and std of the foreground
-        probability when sampling, else nothing."""
-        self.calibrated.add(*calibrated_event(logits, y, temperature))
-        self.raw.add(*calibrated_event(logits, y, 1.0))
+        probability when sampling, else nothing. Pixels whose target is IGNORE count nowhere:
+        objects are matched on the valid pixels only."""
+        known = y[:, 0] != IGNORE
+        y = torch.where(known[:, None], y, 0)
+        for histogram, t in ((self.calibrated, temperature), (self.raw, 1.0)):
+            histogram.add(*(v[known] for v in calibrated_event(logits, y, t)))
         prob = probabilities(logits / temperature)
-        self.foreground.add(prob[:, 0] if prob.shape[1] == 1 else 1 - prob[:, 0], y[:, 0] > 0)
-        found, truth = (pred > 0).cpu().numpy(), (y[:, 0] > 0).cpu().numpy()
+        fg = prob[:, 0] if prob.shape[1] == 1 else 1 - prob[:, 0]
+        self.foreground.add(fg[known], y[:, 0][known] > 0)
+        found, truth = ((pred > 0) & known).cpu().numpy(), (y[:, 0] > 0).cpu().numpy()
         for i in range(len(found)):
             centres, snr = truth_objects(self.meta, first + i)
             self.objects.add(found[i], truth[i], centres, snr)
@@ -58,8 +63,8 @@ class Science:
         # several: either way its spread is the foreground probability's.
         mean = mean[:, 0] if mean.shape[1] == 1 else 1 - mean[:, 0]
         std = std[:, 0]
-        wrong = (pred > 0) != (y[:, 0] > 0)
-        self.std_sum += [float(std[wrong].double().sum()), float(std[~wrong].double().sum())]
-        n_wrong = int(wrong.sum())
-        self.pixels += [n_wrong, wrong.numel() - n_wrong]
+        wrong = ((pred > 0) != (y[:, 0] > 0)) & known
+        right = ~wrong & known
+        self.std_sum += [float(std[wrong].double().sum()), float(std[right].double().sum())]
+        self.pixels += [int(wrong.sum()), int(right.sum())]
         return mean, std

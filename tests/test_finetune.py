@@ -1,0 +1,72 @@
+"""`train.init_from`: fine-tuning starts from a checkpoint's weights, or says why it cannot."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from conftest import run_stage, tiny_params, write_params
+
+
+@pytest.fixture
+def finetune_dir(pipeline_outputs, tmp_path):
+    """A project holding the tiny pipeline's dataset and its model as the start."""
+    shutil.copytree(pipeline_outputs / "data", tmp_path / "data")
+    (tmp_path / "pretrained").mkdir()
+    shutil.copy(pipeline_outputs / "models/model.pt", tmp_path / "pretrained/synthetic.pt")
+    return tmp_path
+
+
+def test_init_from_starts_from_the_checkpoint_weights(finetune_dir):
+    # A vanishing learning rate and no weight decay: training leaves the weights where they
+    # started, so the result shows where that was.
+    write_params(finetune_dir, tiny_params(train={"init_from": "pretrained/synthetic.pt",
+                                                  "epochs": 1, "lr": 1e-12, "weight_decay": 0.0,
+                                                  "warmup_epochs": 0.0}))
+    result = run_stage("train", finetune_dir)
+    assert result.returncode == 0, result.stderr
+    assert "starting from the weights of pretrained/synthetic.pt" in result.stdout
+    start = torch.load(finetune_dir / "pretrained/synthetic.pt", weights_only=True)
+    tuned = torch.load(finetune_dir / "models/model.pt", weights_only=True)
+    assert tuned["meta"]["init_from"]["path"] == "pretrained/synthetic.pt"
+    assert len(tuned["meta"]["init_from"]["sha256"]) == 64
+    weights = [k for k, v in start["state_dict"].items()
+               if v.is_floating_point() and "running" not in k]
+    assert weights
+    for k in weights:    # BatchNorm running statistics move in training; weights do not
+        torch.testing.assert_close(tuned["state_dict"][k], start["state_dict"][k],
+                                   rtol=0, atol=1e-6)
+    # From scratch, the same run ends elsewhere.
+    write_params(finetune_dir, tiny_params(train={"epochs": 1, "lr": 1e-12,
+                                                  "weight_decay": 0.0, "warmup_epochs": 0.0}))
+    assert run_stage("train", finetune_dir).returncode == 0
+    scratch = torch.load(finetune_dir / "models/model.pt", weights_only=True)
+    assert any(not torch.allclose(scratch["state_dict"][k], start["state_dict"][k])
+               for k in weights)
+
+
+@pytest.mark.parametrize("model,message", [
+    ({"segformer": {"dims": [8, 24]}}, "dims: [8, 16] in the checkpoint, [8, 24] here"),
+    ({"name": "tiny_segformer"}, "name: 'segformer' in the checkpoint, 'tiny_segformer' here"),
+])
+def test_init_from_refuses_another_architecture_naming_it(finetune_dir, model, message):
+    write_params(finetune_dir, tiny_params(model=model,
+                                           train={"init_from": "pretrained/synthetic.pt"}))
+    result = run_stage("train", finetune_dir)
+    assert result.returncode == 2
+    assert "train.init_from = pretrained/synthetic.pt: another architecture" in result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (finetune_dir / "models/model.pt").exists()
+
+
+def test_init_from_a_missing_or_broken_file_is_a_clear_error(finetune_dir):
+    write_params(finetune_dir, tiny_params(train={"init_from": "pretrained/nope.pt"}))
+    result = run_stage("train", finetune_dir)
+    assert result.returncode == 2 and "train.init_from = 'pretrained/nope.pt': no such " \
+        "checkpoint file" in result.stderr
+    (finetune_dir / "pretrained/broken.pt").write_bytes(b"not a checkpoint")
+    write_params(finetune_dir, tiny_params(train={"init_from": "pretrained/broken.pt"}))
+    result = run_stage("train", finetune_dir)
+    assert result.returncode == 2 and "not a readable checkpoint" in result.stderr
