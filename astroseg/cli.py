@@ -90,6 +90,10 @@ def _predict(args: argparse.Namespace) -> int:
         raise ParamsError(f"--threshold = {args.threshold}: expected between 0 and 1")
     if args.workers < 1:
         raise ParamsError(f"--workers = {args.workers}: expected >= 1")
+    if args.band:
+        return _predict_bands(args)
+    if not args.input:
+        raise ParamsError("no input: give an image or HDF5 file (or --band NAME=FILE per band)")
     if is_survey(args.input, args.output):
         _check_window(args)
         return _predict_survey(args)
@@ -147,6 +151,49 @@ def _predict_fits(args: argparse.Namespace, source: str) -> int:
     if note:
         _note(note)
     return 0
+
+
+def _predict_bands(args: argparse.Namespace) -> int:
+    from astroseg.data.band_files import find_band_files
+    from astroseg.errors import DataError, ParamsError
+    from astroseg.infer.predict_fits import check_bands, load_fits_model, segment_fits
+
+    bad = next((b for b in args.band if "=" not in b), None)
+    if bad is not None:
+        raise ParamsError(f"--band {bad}: expected NAME=FILE (or NAME=GLOB), e.g. F606W=a.fits")
+    if args.input:
+        raise ParamsError(f"{args.input[0]}: with --band, every image comes as --band "
+                          "NAME=FILE; give no other input")
+    others = [o for o, v in (("--catalog", args.catalog), ("--workers", args.workers > 1)) if v]
+    if others:
+        raise ParamsError(f"{others[0]} is not supported with --band yet: segment the bands, "
+                          "then run it on the output")
+    _check_window(args)
+    names, fields = find_band_files("", tuple(args.band), key="--band")
+    fm = load_fits_model(args.model, args.device, args.precision, args.window, args.overlap,
+                         args.bad_pixels, notify=_note, calibration=not args.no_calibration)
+    check_bands(names, fm.meta, str(fm.path))
+    to_dir = len(fields) > 1 or args.output.endswith(("/", os.sep)) or Path(args.output).is_dir()
+    if to_dir:
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for name, paths in fields.items():
+        out = Path(args.output) / f"{name}.fits" if to_dir else Path(args.output)
+        try:
+            r = segment_fits(fm, paths, out, args.batch_size, args.threshold, args.hdu, args.tta,
+                             args.bad_pixel_hdu, args.bad_pixels, progress=True,
+                             mc_samples=args.mc_samples, bands=names)
+        except DataError as exc:
+            if not to_dir:
+                raise
+            failed += 1
+            print(f"error: field {name}: {exc}", file=sys.stderr, flush=True)
+            continue
+        print(f"{out}: probability and mask of field {name}, bands {', '.join(names)} "
+              f"({r.height}x{r.width}, {r.windows} windows; {r.sources} sources in LABELS)")
+    if to_dir:
+        print(f"{args.output}: {len(fields) - failed} field(s) segmented, {failed} failed")
+    return 1 if failed else 0
 
 
 def _check_window(args: argparse.Namespace) -> None:
@@ -280,12 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "OUTDIR/summary.csv; outputs already made by the same model file and "
                           "settings are skipped, a failed file does not stop the others (exit "
                           "status 1 at the end). An output never replaces an input.")
-    pred.add_argument("input", nargs="+", help="HDF5 file with a dataset 'images', or a FITS "
+    pred.add_argument("input", nargs="*", help="HDF5 file with a dataset 'images', or a FITS "
                       "image; or several, globs (quoted: expanded by astroseg, ** included), "
                       "@LIST files (one path or glob a line, # comments; relative to the list's "
                       "directory)")
     pred.add_argument("-o", "--output", required=True, help="HDF5 or FITS file to write, or the "
                       "OUTDIR of a survey (see above)")
+    pred.add_argument("--band", action="append", metavar="NAME=FILE", help="a model trained on "
+                      "several bands: one FITS file per band, in the model's band order (repeat "
+                      "the option); FILE may be a glob, the bands' files then pair up by field "
+                      "name (file name without the band) and OUTDIR/<field>.fits is written per "
+                      "field")
     pred.add_argument("--workers", type=int, default=1, metavar="N", help="survey: CPU "
                       "processes, each with cores / N torch threads (under torchrun: one per "
                       "rank, keep 1)")

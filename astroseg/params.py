@@ -32,6 +32,7 @@ def _p(default: Any, *, ge: float | None = None, gt: float | None = None,
     """
     meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "ordered": ordered}
     if isinstance(default, (list, tuple)):
+        meta["empty"] = not default     # a list that is empty by default may be left empty
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
 
@@ -82,6 +83,24 @@ class NoiseParams:
 
 
 @dataclass(frozen=True)
+class BandParams:
+    """Several bands (channels) of the synthetic sky: each component's flux in each band,
+    relative to the one-band image (colours); the mask and the noise are as in one band."""
+    names: tuple[str, ...] = _p(())       # [] = one band, the seed's image
+    galaxy: tuple[float, ...] = _p((), ge=0)
+    bar: tuple[float, ...] = _p((), ge=0)
+    spiral: tuple[float, ...] = _p((), ge=0)
+
+    def check(self) -> None:
+        if len(set(self.names)) != len(self.names):
+            raise ParamsError(f"data.bands.names = {list(self.names)}: names must be unique")
+        for key in ("galaxy", "bar", "spiral"):
+            if len(getattr(self, key)) != len(self.names):
+                raise ParamsError(f"data.bands.{key} = {list(getattr(self, key))}: expected "
+                                  f"{len(self.names)} values, one per band of data.bands.names")
+
+
+@dataclass(frozen=True)
 class FitsParams:
     """`data.source: fits`: survey images and masks, tiled; split by field (file) or by block."""
     images: str = _p("raw/images/*.fits")   # glob, relative to the project root
@@ -97,8 +116,11 @@ class FitsParams:
     block: int = _p(512, ge=16)             # block side (pixels) for split: block
     val_fraction: float = _p(0.15, gt=0, lt=1)   # of the fields, or of the blocks
     test_fraction: float = _p(0.15, gt=0, lt=1)
+    bands: tuple[str, ...] = _p(())        # several bands per field (astroseg.data.bands)
 
     def check(self) -> None:
+        if len(set(self.bands)) != len(self.bands):
+            raise ParamsError(f"data.fits.bands = {list(self.bands)}: entries must be unique")
         if self.stride > self.tile:
             raise ParamsError(f"data.fits.stride = {self.stride} exceeds data.fits.tile = "
                               f"{self.tile}: tiles would leave gaps")
@@ -128,6 +150,7 @@ class DataParams:
     bar: BarParams = _sub(BarParams)
     spiral: SpiralParams = _sub(SpiralParams)
     noise: NoiseParams = _sub(NoiseParams)
+    bands: BandParams = _sub(BandParams)
     fits: FitsParams = _sub(FitsParams)
 
     def class_names(self) -> list[str]:
@@ -144,7 +167,9 @@ class DataParams:
         if self.source == "fits":
             keep = ("source", "normalize", "seed", "fits")
         else:
-            keep = tuple(f.name for f in dataclasses.fields(self) if f.name not in ("chunk", "workers", "fits"))
+            # One band leaves `bands` out: the file of the seed's sky keeps its bytes.
+            skip = ("chunk", "workers", "fits") + (() if self.bands.names else ("bands",))
+            keep = tuple(f.name for f in dataclasses.fields(self) if f.name not in skip)
         full = dataclasses.asdict(self)
         return {key: full[key] for key in keep}
 
@@ -407,8 +432,14 @@ def _parse_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
     if origin is tuple:
         kinds = typing.get_args(hint)
         if kinds[-1] is Ellipsis:  # tuple[int, ...]: one value per encoder stage
-            if not isinstance(value, (list, tuple)) or not value:
+            if not isinstance(value, (list, tuple)) or not (value or meta.get("empty")):
                 raise ParamsError(f"{key} = {_describe(value)}: expected a non-empty list")
+            if kinds[0] is str:
+                bad = next((i for i, v in enumerate(value) if not isinstance(v, str) or not v), None)
+                if bad is not None:
+                    raise ParamsError(f"{key}[{bad}] = {_describe(value[bad])}: expected a "
+                                      "non-empty string")
+                return tuple(value)
             kinds = (kinds[0],) * len(value)
         elif not isinstance(value, (list, tuple)) or len(value) != len(kinds):
             raise ParamsError(f"{key} = {_describe(value)}: expected a list [low, high] "

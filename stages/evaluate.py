@@ -33,7 +33,7 @@ def calibrate(model: torch.nn.Module, cfg: EvaluateParams, device: torch.device)
     sha = file_sha256(MODEL)
     if not cfg.calibrate:
         return Calibration(1.0, False, sha)
-    _, height, width = split_sizes(DATA)["val"]
+    height, width = split_sizes(DATA)["val"][-2:]
     val = load_split(DATA, "val", limit=max(1, CALIBRATION_PIXELS // (height * width)))
     images, masks = as_tensors(val)
     logits = split_logits(model, images, device, cfg.batch_size, cfg.tta)

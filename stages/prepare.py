@@ -19,7 +19,8 @@ META_DTYPES = {"n_sources": np.uint8, "has_bar": np.bool_, "has_spiral": np.bool
 def prepare_synthetic(p: DataParams) -> dict[str, int]:
     """Render the synthetic splits chunk by chunk, in `data.workers` processes, into OUT."""
     attrs = {"source": p.source, "class_names": ["background", "source"],
-             "normalization": p.normalize, "params": p.record()}
+             "normalization": p.normalize, "params": p.record(),
+             **({"bands": list(p.bands.names)} if p.bands.names else {})}
     sizes = dict(zip(SPLITS, (p.n_train, p.n_val, p.n_test)))
     with DatasetWriter(OUT, attrs) as out:
         writers = {}
@@ -28,7 +29,8 @@ def prepare_synthetic(p: DataParams) -> dict[str, int]:
                 # The truth of every galaxy too: (N, K) rows, K the most galaxies an image has.
                 dtypes = {**META_DTYPES, **{k: np.dtype((np.float32, v.shape[1:]))
                                             for k, v in chunk.objects.items()}}
-                writers[split] = out.split(split, sizes[split], (p.height, p.width), dtypes)
+                writers[split] = out.split(split, sizes[split], (p.height, p.width), dtypes,
+                                           bands=max(1, len(p.bands.names)))
             meta = {**{k: getattr(chunk, k) for k in META_DTYPES}, **chunk.objects}
             writers[split].write(chunk.start, chunk.images, chunk.masks, meta)
     return sizes

@@ -32,15 +32,16 @@ NOT_IN_RESULT = ("progress", "log_every", "checkpoint_minutes", "nproc", "data_o
                  "loader_workers")
 
 
-def _checked_model(params: Params, attrs: dict,
-                   image_shape: tuple[int, ...]) -> tuple[torch.nn.Module, dict]:
-    """The model the params describe, checked against the dataset's classes and image shape."""
+def _checked_model(params: Params, attrs: dict, image_shape: tuple[int, ...],
+                   bands: int) -> tuple[torch.nn.Module, dict]:
+    """The model the params describe, checked against the dataset's classes and image shape;
+    its input channels are the dataset's bands."""
     class_names = attrs.get("class_names", ["background", "source"])
     k = params.model.num_classes
     if k != 1 and k != len(class_names):
         raise ParamsError(f"model.num_classes = {k}: {DATA} has {len(class_names)} classes "
                           f"{class_names}; use 1 (binary) or {len(class_names)}")
-    config = {**params.model.config(), "image_size": list(image_shape)}
+    config = {**params.model.config(), "image_size": list(image_shape), "in_channels": bands}
     torch.manual_seed(params.train.seed)
     try:
         return build_model(config), config
@@ -66,8 +67,9 @@ def main() -> None:
     params = load_params()
     cfg = params.train
     attrs = read_attrs(DATA)
-    shape = load_split(DATA, "train", limit=1).images.shape[1:]
-    model, config = _checked_model(params, attrs, shape)   # before any rank starts: errors once
+    first = load_split(DATA, "train", limit=1)
+    # before any rank starts: errors once
+    model, config = _checked_model(params, attrs, first.shape, first.channels)
     init = {}
     if cfg.init_from:    # fine-tuning: every rank loads the same weights
         start = init_from(model, config, cfg.init_from)
@@ -133,6 +135,7 @@ def main() -> None:
         best = result.history[result.best_epoch - 1]
         meta = {"normalization": attrs.get("normalization", "minmax"),
                 "class_names": attrs.get("class_names", ["background", "source"]),
+                **({"bands": attrs["bands"]} if "bands" in attrs else {}),
                 "epochs_run": len(result.history), "best_epoch": result.best_epoch,
                 "val_iou": best.val_iou, "precision": result.precision,
                 **({"init_from": init} if init else {})}

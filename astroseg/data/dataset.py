@@ -2,7 +2,8 @@
 
 Schema (version 1):
   /                 attrs: schema_version, source, class_names (JSON), normalization, params (JSON)
-  /<split>/images   float32 (N, H, W), chunks of CHUNK_ROWS images, not compressed
+  /<split>/images   float32 (N, H, W), or (N, C, H, W) for C bands (root attr `bands` names
+                    them), chunks of CHUNK_ROWS images, not compressed
   /<split>/masks    uint8 (N, H, W), class index per pixel (0 = background), lzf
   /<split>/meta/*   one (N,) array per per-image field (n_sources, has_spiral, ...), or (N, K)
                     for K values per image (gal_*: the synthetic truth of each galaxy, NaN-padded)
@@ -21,6 +22,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import torch
 
 from astroseg.atomic import atomic_output
 from astroseg.errors import DataError
@@ -41,7 +43,7 @@ COMPRESSION = {"images": {}, "masks": {"compression": "lzf"}, "valid": {"compres
 @dataclass
 class Split:
     """One split held in memory."""
-    images: np.ndarray                    # float32 (N, H, W)
+    images: np.ndarray                    # float32 (N, H, W), or (N, C, H, W) for C bands
     masks: np.ndarray                     # uint8 (N, H, W)
     meta: dict[str, np.ndarray] = field(default_factory=dict)
     valid: np.ndarray | None = None       # uint8 (N, H, W) if the file has it
@@ -52,11 +54,26 @@ class Split:
     @property
     def shape(self) -> tuple[int, ...]:
         """(H, W) of every image."""
-        return self.images.shape[1:]
+        return self.images.shape[-2:]
+
+    @property
+    def channels(self) -> int:
+        """Bands per image."""
+        return channels(self.images)
 
     def targets(self) -> np.ndarray:
         """The masks with IGNORE outside the valid map (the masks themselves without one)."""
         return self.masks if self.valid is None else with_ignore(self.masks, self.valid)
+
+
+def channels(images: np.ndarray) -> int:
+    """Bands of an (N, H, W) (one) or (N, C, H, W) stack."""
+    return 1 if images.ndim == 3 else images.shape[1]
+
+
+def as_channels(images: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) or (N, C, H, W) images as the (N, C, H, W) a model takes (a view)."""
+    return images.unsqueeze(1) if images.ndim == 3 else images
 
 
 def with_ignore(masks: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -145,17 +162,21 @@ class DatasetWriter:
         return self
 
     def split(self, name: str, n: int | None, shape: tuple[int, int],
-              meta_dtypes: dict[str, np.dtype], valid: bool = False) -> SplitWriter:
-        """Create the datasets of split `name` for `n` images of `shape` (None: grow on write)."""
+              meta_dtypes: dict[str, np.dtype], valid: bool = False,
+              bands: int = 1) -> SplitWriter:
+        """Create the datasets of split `name` for `n` images of `shape` (None: grow on write),
+        with `bands` channels per image (more than 1: images are (N, bands, H, W))."""
         group = self._file.create_group(name)
-        grow = {"maxshape": (None, *shape)} if n is None else {}
-        n = 0 if n is None else n
+        grow = n is None
+        n = 0 if grow else n
         rows = CHUNK_ROWS if grow else max(1, min(CHUNK_ROWS, n))   # HDF5: a chunk fits the data
         keys = (("images", np.float32), ("masks", np.uint8)) + ((("valid", np.uint8),) if valid else ())
         # track_times=False keeps the bytes identical across runs of the same params.
         for key, dtype in keys:
-            group.create_dataset(key, shape=(n, *shape), dtype=dtype, chunks=(rows, *shape),
-                                 track_times=False, **COMPRESSION[key], **grow)
+            item = (bands, *shape) if key == "images" and bands > 1 else tuple(shape)
+            group.create_dataset(key, shape=(n, *item), dtype=dtype, chunks=(rows, *item),
+                                 track_times=False, **COMPRESSION[key],
+                                 **({"maxshape": (None, *item)} if grow else {}))
         meta = group.create_group("meta")
         for key, dtype in meta_dtypes.items():
             # A subarray dtype, np.dtype((np.float32, (K,))), makes an (n, K) field: one row of
@@ -196,7 +217,7 @@ def _checked_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
         found = "missing" if version is None else f"{version}"
         raise DataError(f"{path}: schema_version is {found}, this astroseg reads version "
                         f"{SCHEMA_VERSION}; regenerate it with the prepare stage")
-    for key in ("class_names", "params", "fields"):
+    for key in ("class_names", "params", "fields", "bands"):
         if key in attrs:
             attrs[key] = json.loads(attrs[key])
     return attrs
@@ -224,9 +245,11 @@ def load_split(path: str | os.PathLike, split: str, limit: int | None = None) ->
             valid = group["valid"][:limit] if "valid" in group else None
         except (KeyError, OSError) as exc:
             raise DataError(f"{path}: cannot read split '{split}': {exc}") from None
-    if images.ndim != 3 or images.shape != masks.shape:
+    if images.ndim not in (3, 4) or masks.ndim != 3 or images.shape[0] != masks.shape[0] \
+            or images.shape[-2:] != masks.shape[1:]:
         raise DataError(f"{path}: {split}/images has shape {images.shape} and {split}/masks "
-                        f"{masks.shape}; expected equal (N, H, W)")
+                        f"{masks.shape}; expected (N, H, W) or (N, bands, H, W) images over "
+                        "(N, H, W) masks")
     if not np.isfinite(images).all():
         raise DataError(f"{path}: {split}/images holds NaN or infinite values")
     return Split(images.astype(np.float32, copy=False), masks.astype(np.uint8, copy=False), meta,
@@ -276,5 +299,6 @@ def write_splits(path: str | os.PathLike, splits: Iterable[tuple[str, Split]],
     with DatasetWriter(path, attrs) as out:
         for name, s in splits:
             dtypes = {k: np.dtype((v.dtype, v.shape[1:])) for k, v in s.meta.items()}
-            writer = out.split(name, len(s), s.images.shape[1:], dtypes, valid=s.valid is not None)
+            writer = out.split(name, len(s), s.shape, dtypes, valid=s.valid is not None,
+                               bands=s.channels)
             writer.write(0, s.images, s.masks, s.meta, s.valid)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from astroseg.data.band_files import band_globs, check_aligned, find_band_files
 from astroseg.data.blocks import SPLIT_NAMES, BlockGrid, deal, deal_blocks
 from astroseg.data.dataset import SPLITS, DatasetWriter
 from astroseg.errors import DataError
@@ -42,6 +43,7 @@ class Field:
     image: Path
     mask: Path
     bad: Path | None = None
+    bands: tuple[Path, ...] = ()     # one file per band (data.fits.bands), `image` the first
 
 
 def _glob(pattern: str, key: str, root: Path) -> dict[str, Path]:
@@ -60,7 +62,11 @@ def _glob(pattern: str, key: str, root: Path) -> dict[str, Path]:
 def find_fields(p: FitsParams, root: str | os.PathLike = ".") -> list[Field]:
     """Pair the files of `data.fits.images`, `.masks` (and `.bad_pixels`) by name."""
     root = Path(root)
-    images = _glob(p.images, "data.fits.images", root)
+    if p.bands:
+        _, files = find_band_files(p.images, p.bands, root)
+        images = {name: paths[0] for name, paths in files.items()}
+    else:
+        files, images = {}, _glob(p.images, "data.fits.images", root)
     masks = _glob(p.masks, "data.fits.masks", root)
     bad = _glob(p.bad_pixels, "data.fits.bad_pixels", root) if p.bad_pixels else {}
     missing = [images[n] for n in images if n not in masks]
@@ -75,19 +81,34 @@ def find_fields(p: FitsParams, root: str | os.PathLike = ".") -> list[Field]:
         if no_bad:
             raise DataError(f"{no_bad[0]}: no bad-pixel map of the same name in "
                             f"data.fits.bad_pixels = {p.bad_pixels!r}")
-    return [Field(n, images[n], masks[n], bad.get(n)) for n in images]
+    return [Field(n, images[n], masks[n], bad.get(n), tuple(files.get(n, ()))) for n in images]
 
 
 def load_field(field: Field, p: FitsParams, method: str
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Normalization]:
-    """A field's normalised image, uint8 mask and valid map, checking shapes and values."""
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Normalization]]:
+    """A field's normalised image ((H, W), or (C, H, W) with each band normalised on its own),
+    uint8 mask, valid map (valid in every band), and normalisation per band; shapes, values
+    and the bands' alignment checked."""
     # The same reader as `astroseg predict`, so training and prediction see the same pixels.
-    with open_image(field.image, parse_hdu(p.hdu), parse_hdu(p.bad_pixel_hdu), field.bad) as src:
-        raw, valid = src.read()
+    raws, valids, headers = [], [], []
+    for path in field.bands or (field.image,):
+        with open_image(path, parse_hdu(p.hdu), parse_hdu(p.bad_pixel_hdu), field.bad) as src:
+            raw, valid = src.read()
+            if raws:
+                check_same_shape(field.image, raws[0].shape, raw.shape, f"band file {path}")
+                check_aligned(field.image, headers[0], path, src.header, raw.shape)
+            raws.append(raw)
+            valids.append(valid)
+            headers.append(src.header)
     mask = read_mask(field.mask, parse_hdu(p.mask_hdu))
-    check_same_shape(field.image, raw.shape, mask.shape, str(field.mask))
-    image, norm = normalize_array(raw, valid, method, str(field.image))
-    return image, (mask & valid).astype(np.uint8), valid, norm
+    check_same_shape(field.image, raws[0].shape, mask.shape, str(field.mask))
+    fitted = [normalize_array(raw, valid, method, str(path))
+              for raw, valid, path in zip(raws, valids, field.bands or (field.image,))]
+    valid = np.logical_and.reduce(valids)
+    image = fitted[0][0] if len(fitted) == 1 else np.stack([f[0] for f in fitted])
+    if len(fitted) > 1:
+        image[:, ~valid] = 0     # a pixel one band lacks is 0 in all, as predict feeds it
+    return image, (mask & valid).astype(np.uint8), valid, [f[1] for f in fitted]
 
 
 @dataclass
@@ -105,7 +126,9 @@ def field_tiles(index: int, image: np.ndarray, mask: np.ndarray, valid: np.ndarr
     """Cut one field into tiles (every `stride`, or at the (K, 2) starts `pos`), dropping
     invalid (and, with skip_empty, source-free) ones; `block` is each tile's block index."""
     valid = pad_to(valid, p.tile, p.tile, value=False)
-    (images, masks, valids), pos = cut_tiles([image, mask, valid], p.tile, p.stride, pos)
+    bands = list(image) if image.ndim == 3 else [image]
+    (*images, masks, valids), pos = cut_tiles([*bands, mask, valid], p.tile, p.stride, pos)
+    images = images[0] if len(images) == 1 else np.stack(images, axis=1)
     fraction = valids.mean(axis=(1, 2), dtype=np.float64).astype(np.float32)
     keep = fraction > 0
     if p.skip_empty:
@@ -150,7 +173,10 @@ def iter_tiles(fields: list[Field], p: FitsParams, method: str, seed: int
         field, grid = fields[k], grids[k]
         image, mask, valid, norm = load_field(field, p, method)
         record = {"name": field.name, "image": str(field.image), "mask": str(field.mask),
-                  "normalization": norm.as_dict()}
+                  "normalization": norm[0].as_dict() if len(norm) == 1 else
+                  [n.as_dict() for n in norm]}
+        if field.bands:
+            record["bands"] = [str(b) for b in field.bands]
         if grid is None:
             split = SPLIT_NAMES[dealt[k]]
             tiles = {split: field_tiles(index, image, mask, valid, p)}
@@ -184,9 +210,12 @@ def write_fits_dataset(path: str | os.PathLike, p: DataParams, root: str | os.Pa
     records, counts = [], dict.fromkeys(SPLITS, 0)
     attrs = {"source": "fits", "class_names": ["background", "source"],
              "normalization": p.normalize, "params": p.record()}
+    if p.fits.bands:
+        attrs["bands"] = [name for name, _ in band_globs(p.fits.images, p.fits.bands)]
     shape = (p.fits.tile, p.fits.tile)
     with DatasetWriter(path, attrs) as out:
-        writers = {s: out.split(s, None, shape, META_DTYPES, valid=True) for s in SPLITS}
+        writers = {s: out.split(s, None, shape, META_DTYPES, valid=True,
+                                bands=max(1, len(p.fits.bands))) for s in SPLITS}
         for record, tiles in iter_tiles(fields, p.fits, p.normalize, p.seed):
             for split, part in tiles.items():
                 writers[split].write(counts[split], part.images, part.masks, part.meta,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from astroseg.data.dataset import open_split, with_ignore
+from astroseg.data.dataset import as_channels, open_split, with_ignore
 from astroseg.errors import DataError
 
 BLOCKS_PER_BUFFER_MAX = 64
@@ -33,7 +33,7 @@ class StreamedSplit:
     path: Path
     split: str
     n: int
-    shape: tuple[int, int]
+    shape: tuple[int, ...]    # of one image: (H, W), or (C, H, W) for C bands
     block_rows: int           # rows per block: the file's HDF5 chunk rows
     buffer_rows: int
     workers: int = 2
@@ -52,7 +52,7 @@ def streamed(path: str | os.PathLike, split: str, max_memory_gb: float,
         images = group["images"]
         n, shape = images.shape[0], tuple(images.shape[1:])
         block = images.chunks[0] if images.chunks else 1
-    row = math.prod(shape) * (4 + 1)     # a float32 image and its uint8 mask
+    row = math.prod(shape) * 4 + math.prod(shape[-2:])    # a float32 image, its uint8 mask
     in_flight = PREFETCH * workers + 2
     blocks = int(max_memory_gb * 1e9 / in_flight / (row * block))
     buffer = block * max(1, min(BLOCKS_PER_BUFFER_MAX, blocks))
@@ -97,7 +97,7 @@ class _Rows(Dataset):
         rows = self.wanted[i]
         group, block = self._group(), self.s.block_rows
         images = np.empty((len(rows), *self.s.shape), np.float32)
-        masks = np.empty((len(rows), *self.s.shape), np.uint8)
+        masks = np.empty((len(rows), *self.s.shape[-2:]), np.uint8)
         firsts = rows // block * block
         for first in np.unique(firsts):
             where = np.flatnonzero(firsts == first)
@@ -115,7 +115,7 @@ class _Rows(Dataset):
                                 "hold NaN or infinite values")
             images[where] = block_images[rows[where] - first]
             masks[where] = block_masks[rows[where] - first]
-        return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(masks).unsqueeze(1)
+        return as_channels(torch.from_numpy(images)), torch.from_numpy(masks).unsqueeze(1)
 
 
 def _loader(s: StreamedSplit, wanted: list[np.ndarray], pin: bool) -> DataLoader:

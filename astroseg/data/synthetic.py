@@ -39,7 +39,7 @@ _FIELDS = ("cx", "cy", "a", "b", "theta", "peak", "bar", "bar_length", "bar_widt
 class Chunk:
     """Images [start, start + len) of one split, with what each contains."""
     start: int
-    images: np.ndarray      # float32 (B, H, W), normalised by data.normalize
+    images: np.ndarray      # float32 (B, H, W), or (B, C, H, W) for C bands; normalised
     masks: np.ndarray       # uint8 (B, H, W), 1 = galaxy
     n_sources: np.ndarray   # uint8 (B,)
     has_bar: np.ndarray     # bool (B,)
@@ -162,9 +162,20 @@ def _floor(p: DataParams) -> float:
     return 1e-3 * p.noise.gaussian_sigma if p.noise.gaussian_sigma > 0 else 1e-9
 
 
+def _add(image: np.ndarray, ys: slice, xs: slice, light: np.ndarray, colours: tuple[float, ...]
+         ) -> None:
+    # One band: the light as it is. Several, (C, H, W): the light times each band's colour.
+    if image.ndim == 2:
+        image[ys, xs] += light
+    else:
+        for band, colour in zip(image, colours):
+            band[ys, xs] += np.float32(colour) * light
+
+
 def _add_galaxy(image: np.ndarray, mask: np.ndarray, grid: tuple[np.ndarray, np.ndarray],
                 d: dict[str, float], p: DataParams) -> None:
-    """Add one galaxy's profile (and bar) to `image` and its ellipse to `mask`, in place."""
+    """Add one galaxy's profile (and bar) to `image` ((H, W), or (C, H, W) for C bands) and its
+    ellipse to `mask`, in place."""
     yy, xx = grid
     c, s = math.cos(d["theta"]), math.sin(d["theta"])
     a, b, peak = d["a"], d["b"], d["peak"]
@@ -172,7 +183,7 @@ def _add_galaxy(image: np.ndarray, mask: np.ndarray, grid: tuple[np.ndarray, np.
     # q = ((xr/a)^2 + (yr/b)^2) / 2, rendered where peak exp(-q) >= the floor (and the mask is).
     r = math.sqrt(2 * max(math.log(peak / _floor(p)), mask_q + 1.0))
     ys, xs = _box(d["cx"], d["cy"], r * math.hypot(a * c, b * s), r * math.hypot(a * s, b * c),
-                  image.shape)
+                  mask.shape)
     dx, dy = xx[:, xs] - np.float32(d["cx"]), yy[ys] - np.float32(d["cy"])
     # -q + ln(peak) = -A dx^2 - B dx dy - C dy^2 + ln(peak): a row term, a column term and one
     # outer product, three passes over the box instead of five.
@@ -183,12 +194,12 @@ def _add_galaxy(image: np.ndarray, mask: np.ndarray, grid: tuple[np.ndarray, np.
     t += np.float32(-qa) * dx * dx
     t += np.float32(math.log(peak)) - np.float32(qc) * dy * dy
     mask[ys, xs] |= t > np.float32(math.log(peak) - mask_q)
-    image[ys, xs] += np.exp(t, out=t)
+    _add(image, ys, xs, np.exp(t, out=t), p.bands.galaxy)
     if d["bar"]:
         half, width, amp = d["bar_length"], d["bar_width"], p.bar.amplitude
         sig = math.sqrt(2 * max(math.log(max(amp, 1e-30) / _floor(p)), 0.0)) * width
         ys, xs = _box(d["cx"], d["cy"], half * abs(c) + sig * abs(s),
-                      half * abs(s) + sig * abs(c), image.shape)
+                      half * abs(s) + sig * abs(c), mask.shape)
         dx, dy = xx[:, xs] - np.float32(d["cx"]), yy[ys] - np.float32(d["cy"])
         along = np.abs(np.float32(c) * dx + np.float32(s) * dy) < np.float32(half)
         across = np.float32(c / width) * dy - np.float32(s / width) * dx
@@ -196,7 +207,7 @@ def _add_galaxy(image: np.ndarray, mask: np.ndarray, grid: tuple[np.ndarray, np.
         np.subtract(np.float32(math.log(max(amp, 1e-30))), np.float32(0.5) * across, out=across)
         bar = np.exp(across, out=across)
         bar *= along
-        image[ys, xs] += bar
+        _add(image, ys, xs, bar, p.bands.bar)
 
 
 def _add_spiral(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray],
@@ -218,7 +229,11 @@ def _add_spiral(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray],
     phase -= np.float32(start)
     phase -= np.floor(phase)
     ridge = phase < np.float32(0.5 - 2 * start)
-    np.add(image, np.float32(p.spiral.amplitude), out=image, where=ridge)
+    if image.ndim == 2:
+        np.add(image, np.float32(p.spiral.amplitude), out=image, where=ridge)
+    else:
+        for band, colour in zip(image, p.bands.spiral):
+            np.add(band, np.float32(p.spiral.amplitude * colour), out=band, where=ridge)
 
 
 def _add_sources(image: np.ndarray, mask: np.ndarray, n: int, d: dict[str, list],
@@ -262,19 +277,21 @@ def _one_torch_thread() -> Iterator[None]:
 def _render(p: DataParams, split: str, indices: range) -> Chunk:
     streams = [image_stream(p.seed, split, i) for i in indices]
     draws = [_draw(p, stream) for stream in streams]       # first in each stream, then noise
-    images = np.empty((len(indices), p.height, p.width), np.float32)
+    bands = len(p.bands.names)
+    images = np.empty((len(indices), *((bands,) if bands else ()), p.height, p.width), np.float32)
     for image, stream in zip(images, streams):
-        _noise(stream, p, image.reshape(-1))
-    masks = np.zeros(images.shape, bool)
+        for band in (image[None] if image.ndim == 2 else image):   # band 0's noise first
+            _noise(stream, p, band.reshape(-1))
+    masks = np.zeros((len(indices), p.height, p.width), bool)
     for image, mask, (n, d) in zip(images, masks, draws):
         _add_sources(image, mask, n, d, p)
     if p.normalize == "minmax":   # astroseg.data.normalize's minmax, over the chunk at once
-        images -= images.min(axis=(1, 2), keepdims=True)
-        images /= images.max(axis=(1, 2), keepdims=True) + np.float32(1e-6)
-    else:
-        valid = np.ones(images.shape[1:], dtype=bool)
-        images = np.stack([normalize_array(im, valid, p.normalize, "synthetic image")[0]
-                           for im in images]).astype(np.float32)
+        images -= images.min(axis=(-2, -1), keepdims=True)
+        images /= images.max(axis=(-2, -1), keepdims=True) + np.float32(1e-6)
+    else:   # each band of each image on its own
+        valid = np.ones(images.shape[-2:], dtype=bool)
+        for i in np.ndindex(images.shape[:-2]):
+            images[i] = normalize_array(images[i], valid, p.normalize, "synthetic image")[0]
     return Chunk(start=indices.start, images=images, masks=masks.view(np.uint8),
                  n_sources=np.array([n for n, _ in draws], np.uint8),
                  has_bar=np.array([any(d["bar"][:n]) for n, d in draws]),

@@ -50,6 +50,8 @@ def zscale_asinh(image: np.ndarray) -> ImageNormalize:
 
 
 def _show_image(fig: Figure, ax: Axes, image: np.ndarray, cmap: str, bar: bool = True) -> None:
+    if image.ndim == 3:   # several bands: their mean, a detection image as SExtractor makes one
+        image = image.mean(0)
     norm = zscale_asinh(image)
     im = ax.imshow(image, cmap=cmap, origin="lower", norm=norm, interpolation="nearest")
     if bar:

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from astroseg.atomic import atomic_output
+from astroseg.data.dataset import as_channels
 from astroseg.models.checkpoint import file_sha256, load_checkpoint  # noqa: F401 (re-exported)
 from astroseg.device import resolve_device
 from astroseg.errors import DataError, ParamsError
@@ -112,16 +113,37 @@ def model_normalization(model: nn.Module) -> str:
 
 
 def normalize_images(model: nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each (H, W) image normalised as the model's training fields were; also the valid mask.
+    """Each (H, W) image, or each band of an (N, C, H, W) stack on its own, normalised as the
+    model's training fields were; also the valid mask.
 
     Non-finite pixels are invalid: they are left out of the statistics and set to 0.
     """
     method = model_normalization(model)
     valid = np.isfinite(images)
     out = np.empty(images.shape, np.float32)
-    for i, (image, ok) in enumerate(zip(images, valid)):
-        out[i] = normalize_array(image, ok, method, f"image {i}")[0]
+    for i in np.ndindex(images.shape[:-2]):
+        out[i] = normalize_array(images[i], valid[i], method, f"image {i[0]}"
+                                 + (f" band {i[1]}" if len(i) > 1 else ""))[0]
     return out, valid
+
+
+def in_channels(model: nn.Module) -> int:
+    """The bands each input image must have."""
+    return getattr(model, "in_channels", 1)
+
+
+def as_batch(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    """`images` as the (N, H, W) (one band) or (N, C, H, W) stack the model takes."""
+    c = in_channels(model)
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == (2 if c == 1 else 3):
+        images = images[None]
+    want = "(N, H, W) or (H, W)" if c == 1 else f"(N, {c}, H, W) or ({c}, H, W)"
+    if images.ndim != (3 if c == 1 else 4) or (c > 1 and images.shape[1] != c):
+        bands = getattr(model, "astroseg_meta", {}).get("bands")
+        raise DataError(f"images have shape {images.shape}; expected {want}"
+                        + (f": one plane per band {bands}" if bands else ""))
+    return images
 
 
 def _warn_if_unnormalised(model: nn.Module, images: np.ndarray) -> None:
@@ -167,29 +189,28 @@ def predict_probabilities(model: nn.Module, images: np.ndarray, batch_size: int 
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """`predict` and `predict_with_std` in one: probabilities, labels, and the MC standard
     deviation when `mc_samples` >= 2 (else None). Arguments are not checked for sense here."""
-    images = np.asarray(images, dtype=np.float32)
-    single = images.ndim == 2
-    if single:
-        images = images[None]
-    if images.ndim != 3:
-        raise DataError(f"images have shape {images.shape}; expected (N, H, W) or (H, W)")
+    single = np.ndim(images) == (2 if in_channels(model) == 1 else 3)
+    images = as_batch(model, images)
     valid = None
     if normalize:
         images, valid = normalize_images(model, images)
+        if valid.ndim == 4:     # a pixel any band lacks is invalid
+            valid = valid.all(1)
     elif not np.isfinite(images).all():
         raise DataError("images hold NaN or infinite values; mask or fill them first, or pass "
                         "normalize=True")
     elif images.size:
         _warn_if_unnormalised(model, images)
     stride = getattr(model, "stride", 1)
-    if images.shape[1] % stride or images.shape[2] % stride:
-        raise DataError(f"images are {images.shape[1]}x{images.shape[2]}; this model needs sides "
-                        f"that are multiples of {stride}")
+    h, w = images.shape[-2:]
+    if h % stride or w % stride:
+        raise DataError(f"images are {h}x{w}; this model needs sides that are multiples of "
+                        f"{stride}")
     model.eval()
     device = _device(model)
     probs, labels, stds = [], [], []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start:start + batch_size]).unsqueeze(1).to(device)
+        x = as_channels(torch.from_numpy(images[start:start + batch_size])).to(device)
         if mc_samples:
             prob, std = mc_probabilities(model, x, mc_samples, temperature)
             stds.append((std[:, 0] if std.shape[1] == 1 else std).cpu().numpy())
@@ -308,12 +329,14 @@ def segment_h5(model: nn.Module, model_path: str | os.PathLike, model_sha256: st
         raise DataError(f"{input_path}: not a readable HDF5 file ({exc})") from None
     with src, atomic_output(output_path) as tmp, h5py.File(tmp, "w") as out, \
             seeded(model, mc_samples > 0):
-        if "images" not in src or src["images"].ndim != 3:
-            found = ", ".join(src.keys()) or "nothing"
-            raise DataError(f"{input_path}: expected a dataset 'images' of shape (N, H, W); "
+        c = in_channels(model)
+        if "images" not in src or src["images"].ndim != (3 if c == 1 else 4):
+            found = ", ".join(f"{k} {getattr(v, 'shape', '')}" for k, v in src.items()) or "nothing"
+            want = "(N, H, W)" if c == 1 else f"(N, {c}, H, W), one plane per band"
+            raise DataError(f"{input_path}: expected a dataset 'images' of shape {want}; "
                             f"found {found}")
         images = src["images"]
-        n, h, w = images.shape
+        n, (h, w) = len(images), images.shape[-2:]
         prob_out = label_out = std_out = None
         marked = valid = 0
         for start in range(0, n, batch_size):
@@ -337,7 +360,8 @@ def segment_h5(model: nn.Module, model_path: str | os.PathLike, model_sha256: st
                 std_out[start:start + len(std)] = std
             # Non-finite inputs pass only with `normalize`, and then are invalid (label 0).
             marked += int(np.count_nonzero(label))
-            valid += int(np.count_nonzero(np.isfinite(batch)))
+            finite = np.isfinite(batch)
+            valid += int(np.count_nonzero(finite if c == 1 else finite.all(1)))
         fraction = marked / valid if valid else 0.0
         out.attrs.update({"model": str(model_path), "model_sha256": model_sha256,
                           "threshold": threshold, "tta": tta, "normalized": normalize,

@@ -49,7 +49,9 @@ from astroseg.atomic import atomic_output
 from astroseg.models.checkpoint import load_checkpoint
 from astroseg.device import resolve_device, resolve_precision
 from astroseg.errors import DataError, ParamsError
-from astroseg.data.fits_io import STRUCTURAL, HDUNotFound, ImageSource, open_image, parse_hdu
+from astroseg.data.band_files import check_aligned
+from astroseg.data.fits_io import (STRUCTURAL, HDUNotFound, ImageSource, check_same_shape,
+                                 open_image, parse_hdu)
 from astroseg.data.normalize import Normalization, check_method, fit_field
 from astroseg.infer.predict import (calibration_note, check_mc_samples, check_output,
                                     file_sha256, model_temperature, predict_probabilities, seeded)
@@ -136,6 +138,67 @@ def open_input(input_path: str | os.PathLike, meta: dict[str, Any],
                         f"{off}") from None
 
 
+class BandStack:
+    """The bands of one field read together: rows of every band, valid where all are."""
+
+    def __init__(self, sources: list[ImageSource]):
+        self.sources = sources
+        first = sources[0]
+        self.path, self.shape, self.header = first.path, first.shape, first.header
+        for other in sources[1:]:
+            check_same_shape(first.path, first.shape, other.shape, f"band file {other.path}")
+            check_aligned(first.path, first.header, other.path, other.header, first.shape)
+
+    def rows(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+        """(C, rows, W) float32 pixels of rows [y0, y1) and the (rows, W) valid mask."""
+        parts = [s.rows(y0, y1) for s in self.sources]
+        return np.stack([p[0] for p in parts]), np.logical_and.reduce([p[1] for p in parts])
+
+    def close(self) -> None:
+        """Close every band's file."""
+        for s in self.sources:
+            s.close()
+
+    def __enter__(self) -> BandStack:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def open_bands(paths: list[Path], meta: dict[str, Any], hdu: int | str | None,
+               bad_pixel_hdu: int | str | None, bad_pixels: str | os.PathLike | None,
+               model_name: str) -> BandStack:
+    """The band files of one field, opened and checked against each other."""
+    sources: list[ImageSource] = []
+    try:
+        for path in paths:
+            sources.append(open_input(path, meta, hdu, bad_pixel_hdu, bad_pixels, model_name))
+        return BandStack(sources)
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+
+
+def check_bands(given: list[str] | None, meta: dict[str, Any], model_name: str) -> None:
+    """Refuse band names other than the model's, in another order, or missing."""
+    trained = list(meta.get("bands") or [])
+    if given is None and trained:
+        raise ParamsError(f"{model_name} was trained on bands {trained}: give one file per "
+                          f"band, --band {trained[0]}=FILE ... in that order")
+    if given is not None and given != trained:
+        if not trained:
+            raise ParamsError(f"--band {', '.join(given)}: {model_name} was trained on one band; "
+                              "give the image as the input, without --band")
+        missing = [b for b in trained if b not in given]
+        extra = [b for b in given if b not in trained]
+        why = (f"missing band(s) {missing}" if missing else f"unknown band(s) {extra}" if extra
+               else f"bands in the order {given}")
+        raise ParamsError(f"--band: {why}; {model_name} was trained on bands {trained}, in "
+                          "that order")
+
+
 def _fit(src: ImageSource, meta: dict[str, Any], model_name: str) -> Normalization:
     method = check_method(meta.get("normalization", "minmax"), f"{model_name}: normalization")
     return fit_field(method, src.rows, *src.shape, str(src.path))
@@ -207,8 +270,9 @@ def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
                  bad_pixel_hdu: int | str | None = None,
                  bad_pixels: str | os.PathLike | None = None, progress: bool = False,
                  notify: Callable[[str], None] | None = None, calibration: bool = True,
-                 mc_samples: int = 0) -> FitsPrediction:
-    """Segment one FITS image into a probability + mask + labels FITS file (module docstring).
+                 mc_samples: int = 0, bands: list[str] | None = None) -> FitsPrediction:
+    """Segment one FITS image (or one file per band of `bands`, in the model's order) into a
+    probability + mask + labels FITS file (module docstring).
 
     `hdu`/`bad_pixel_hdu` None: as the model was trained; "": the first image HDU / none.
     `progress` shows a bar over window rows on a terminal; `notify` receives one-line notes.
@@ -218,31 +282,42 @@ def predict_fits(input_path: str | os.PathLike, output_path: str | os.PathLike,
     fm = load_fits_model(model_path, device, precision, window, overlap, bad_pixels,
                          notify=notify, calibration=calibration)
     result = segment_fits(fm, input_path, output_path, batch_size, threshold, hdu, tta,
-                          bad_pixel_hdu, bad_pixels, progress, mc_samples)
+                          bad_pixel_hdu, bad_pixels, progress, mc_samples, bands)
     note = calibration_note(fm.path, fm.temperature, calibration)
     if notify is not None and note:   # after the work: an error stays the only line
         notify(note)
     return result
 
 
-def segment_fits(fm: FitsModel, input_path: str | os.PathLike, output_path: str | os.PathLike,
+def segment_fits(fm: FitsModel, input_path: str | os.PathLike | list[str | os.PathLike],
+                 output_path: str | os.PathLike,
                  batch_size: int = 8, threshold: float = 0.5, hdu: int | str | None = None,
                  tta: bool = False, bad_pixel_hdu: int | str | None = None,
                  bad_pixels: str | os.PathLike | None = None,
-                 progress: bool = False, mc_samples: int = 0) -> FitsPrediction:
-    """`predict_fits` with a model loaded by `load_fits_model` (many images, one load)."""
+                 progress: bool = False, mc_samples: int = 0,
+                 bands: list[str] | None = None) -> FitsPrediction:
+    """`predict_fits` with a model loaded by `load_fits_model` (many images, one load).
+
+    A model trained on several bands takes `input_path` as a list of one file per band, named
+    by `bands` in the model's order (each band normalised on its own)."""
     check_mc_samples(mc_samples, tta)
-    input_path, output_path = Path(input_path), Path(output_path)
-    check_output(output_path, [("input", input_path), ("model", fm.path),
-                               ("bad-pixel map", bad_pixels)])
+    paths = [Path(p) for p in input_path] if isinstance(input_path, (list, tuple)) \
+        else [Path(input_path)]
+    input_path, output_path = paths[0], Path(output_path)
     model, payload, meta = fm.model, fm.payload, fm.meta
+    check_bands(bands, meta, str(fm.path))
+    if len(paths) != len(bands or [None]):
+        raise ParamsError(f"{len(paths)} file(s) for bands {bands}: give one file per band")
+    check_output(output_path, [*(("input", p) for p in paths), ("model", fm.path),
+                               ("bad-pixel map", bad_pixels)])
     class_names = list(meta.get("class_names", ["background", "source"]))
     stride, window, overlap = getattr(model, "stride", 1), fm.window, fm.overlap
-    with open_input(input_path, meta, hdu, bad_pixel_hdu, bad_pixels, str(fm.path)) as src, \
+    with open_bands(paths, meta, hdu, bad_pixel_hdu, bad_pixels, str(fm.path)) as src, \
             tempfile.TemporaryDirectory(prefix=".astroseg-", dir=output_path.parent
                                         if output_path.parent.exists() else None) as tmp:
         height, width = src.shape
-        norm = _fit(src, meta, str(fm.path))
+        norms = [_fit(s, meta, str(fm.path)) for s in src.sources]
+        norm = norms[0]
         win_h, win_w = min(window, _round_up(height, stride)), min(window, _round_up(width, stride))
         ys, xs = starts(height, win_h, win_h - overlap), starts(width, win_w, win_w - overlap)
         weight = window_weight(win_h, win_w, overlap)
@@ -280,10 +355,13 @@ def segment_fits(fm: FitsModel, input_path: str | os.PathLike, output_path: str 
             for y0 in bar:
                 flush(y0)
                 rows, valid = src.rows(y0, min(height, y0 + win_h))
-                x = np.zeros((win_h, padded_w), np.float32)
-                x[:len(rows), :width] = norm.apply(rows, valid)
-                valid_rows[:len(rows), :width] = valid
-                tiles = np.stack([x[:, x0:x0 + win_w] for x0 in xs])
+                x = np.zeros((len(norms), win_h, padded_w), np.float32)
+                for band, n, r in zip(x, norms, rows):
+                    band[:len(valid), :width] = n.apply(r, valid)
+                valid_rows[:len(valid), :width] = valid
+                tiles = np.stack([x[:, :, x0:x0 + win_w] for x0 in xs])
+                if len(norms) == 1:
+                    tiles = tiles[:, 0]
                 with _autocast(model, fm.precision):
                     prob, _, std = predict_probabilities(model, tiles, batch_size, threshold, tta,
                                                          False, temperature, mc_samples)
@@ -309,6 +387,11 @@ def segment_fits(fm: FitsModel, input_path: str | os.PathLike, output_path: str 
         header["ASNORM"] = (norm.method, "input normalisation")
         header["ASNLO"] = (norm.lo, "normalisation: raw value mapped to 0")
         header["ASNHI"] = (norm.hi, "normalisation: raw value mapped to 1")
+        for i, (band, n, path) in enumerate(zip(bands or [], norms, paths)):
+            header[f"ASBAND{i}"] = (band, f"band of input channel {i}")
+            header[f"ASINP{i}"] = (path.name, f"image of band {band}")
+            header[f"ASNLO{i}"] = (n.lo, f"{band}: raw value mapped to 0")
+            header[f"ASNHI{i}"] = (n.hi, f"{band}: raw value mapped to 1")
         header["ASWINDOW"] = (window, "sliding window size (pixels)")
         header["ASOVERLP"] = (overlap, "window overlap (pixels)")
         header["ASPREC"] = (fm.precision, "inference precision")

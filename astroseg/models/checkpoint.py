@@ -80,8 +80,10 @@ _FREE = ("image_size", "dropout", "attn_dropout", "drop_path")
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:
-    # Tuples (params) and lists (YAML, older checkpoints) of the same values are the same.
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    # Tuples (params) and lists (YAML, older checkpoints) of the same values are the same; a
+    # checkpoint from before bands has one input channel.
+    return {"in_channels": 1,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}}
 
 
 def init_from(model: nn.Module, config: dict[str, Any], path: str | os.PathLike,

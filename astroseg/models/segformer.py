@@ -136,6 +136,7 @@ class SegFormer(nn.Module):
                              "(first_stride x 2^(stages - 1))")
         rates = torch.linspace(0, drop_path, sum(depths)).tolist()
         self.embeds, self.stages, self.norms = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        self.in_channels = in_channels   # bands: what predict checks inputs against
         in_dim = in_channels
         for i, (dim, depth) in enumerate(zip(dims, depths)):
             self.embeds.append(PatchEmbed(in_dim, dim, 7 if i == 0 else 3,

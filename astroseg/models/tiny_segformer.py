@@ -55,6 +55,7 @@ class TinySegFormer(nn.Module):
                  attn_dropout: float = 0.0, pos_encoding: str = "absolute"):
         super().__init__()
         k = patch_kernel(patch_size, overlap)
+        self.in_channels = in_channels   # bands: what predict checks inputs against
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, k, stride=patch_size, padding=k // 2)
         self.embed_norm = nn.LayerNorm(embed_dim)
         grid = tuple((s + 2 * (k // 2) - k) // patch_size + 1 for s in image_size)

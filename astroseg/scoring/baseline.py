@@ -173,13 +173,15 @@ def split_blocks(path: str | os.PathLike, split: str, max_memory_gb: float
     """(images, masks, meta, valid or None) of `split` in blocks of rows that fit in
     `max_memory_gb`."""
     with open_split(path, split) as group:
-        n, h, w = group["images"].shape
+        n, (h, w) = len(group["images"]), group["images"].shape[-2:]
         rows = max(CHUNK_ROWS, int(max_memory_gb * 1e9 / (_BYTES_PER_PIXEL * h * w)))
         rows -= rows % CHUNK_ROWS    # whole HDF5 chunks: each is read and decompressed once
         meta = group["meta"] if "meta" in group else {}
         for start in range(0, n, rows):
             stop = min(n, start + rows)
             images = group["images"][start:stop].astype(np.float32, copy=False)
+            if images.ndim == 4:   # several bands: detect on their mean (a detection image)
+                images = images.mean(1, dtype=np.float32)
             if not np.isfinite(images).all():
                 raise DataError(f"{path}: {split}/images holds NaN or infinite values "
                                 f"(rows {start}..{stop - 1})")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from astroseg.data.dataset import Split
+from astroseg.data.dataset import Split, as_channels
 from astroseg.scoring.losses import probabilities, segmentation_loss
 from astroseg.scoring.metrics import (SCORES, confusion_counts, pooled_scores, predict_labels,
                               scores_from_counts)
@@ -52,9 +52,9 @@ class Evaluation:
 
 
 def as_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 1, H, W) float32 images and uint8 targets (masks, IGNORE outside the valid map) as
-    tensors; without a valid map, both share the split's memory."""
-    return torch.from_numpy(split.images).unsqueeze(1), \
+    """(N, C, H, W) float32 images and (N, 1, H, W) uint8 targets (masks, IGNORE outside the
+    valid map) as tensors; without a valid map, both share the split's memory."""
+    return as_channels(torch.from_numpy(split.images)), \
         torch.from_numpy(split.targets()).unsqueeze(1)
 
 
@@ -75,7 +75,7 @@ def evaluate_tensors(model: nn.Module, images: torch.Tensor, masks: torch.Tensor
                      threshold: float = 0.5, keep: int = 0, tta: bool = False,
                      temperature: float = 1.0, science: Science | None = None,
                      offset: int = 0) -> Evaluation:
-    """`evaluate` on (N, 1, H, W) image and mask tensors, on any device (a GPU keeps them).
+    """`evaluate` on (N, C, H, W) image and (N, 1, H, W) mask tensors, on any device (a GPU keeps them).
 
     Probabilities (and so `threshold`) are of logits / `temperature`; the loss is of the raw
     logits, as in training. `science` accumulates more scores; `offset` is the index of
@@ -116,7 +116,7 @@ def evaluate_tensors(model: nn.Module, images: torch.Tensor, masks: torch.Tensor
 @torch.no_grad()
 def split_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
                  batch_size: int, tta: bool = False) -> torch.Tensor:
-    """The model's (N, C, H, W) float32 logits for (N, 1, H, W) images, on the CPU."""
+    """The model's (N, K, H, W) float32 logits for (N, C, H, W) images, on the CPU."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):

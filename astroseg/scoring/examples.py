@@ -19,7 +19,7 @@ _OPTIONAL = ("mc_mean", "mc_std")
 @dataclass
 class Examples:
     """A few test images with their truth and the model's maps."""
-    images: np.ndarray       # float32 (n, H, W)
+    images: np.ndarray       # float32 (n, H, W), or (n, C, H, W) for C bands
     masks: np.ndarray        # uint8 (n, H, W) true class
     foreground: np.ndarray   # float32 (n, H, W) probability of not being background
     labels: np.ndarray       # uint8 (n, H, W) predicted class
