@@ -124,7 +124,12 @@ class FitsParams:
         if self.stride > self.tile:
             raise ParamsError(f"data.fits.stride = {self.stride} exceeds data.fits.tile = "
                               f"{self.tile}: tiles would leave gaps")
-        if self.split != "field" and self.block < 2 * self.tile:
+        if self.split == "block":
+            self.check_block()
+
+    def check_block(self) -> None:
+        """Raise unless a block can hold a tile inside its guard band."""
+        if self.block < 2 * self.tile:
             raise ParamsError(f"data.fits.block = {self.block} is under 2 x data.fits.tile = "
                               f"{2 * self.tile}: a block bordered by other splits loses half a "
                               "tile of guard band on each side and must still hold a tile")

@@ -75,6 +75,7 @@ def test_one_mosaic_trains_end_to_end_with_no_pixel_in_two_splits(one_field, tmp
     path = project / "data/dataset.h5"
     record, = read_attrs(path)["fields"]
     assert record["split"] == "block" and min(record["tiles"].values()) > 0
+    assert record["first_block"] == 0
     covered = {}
     for split in ("train", "val", "test"):
         s = load_split(path, split)
@@ -97,6 +98,13 @@ def test_two_fields_split_by_block_unless_told_by_field(one_field, tmp_path):
     assert run_stage("prepare", project).returncode == 0
     records = read_attrs(project / "data/dataset.h5")["fields"]
     assert [r["split"] for r in records] == ["block", "block"]
+    assert records[1]["first_block"] == len(records[0]["blocks"])
+    # Every tile's block, counted over both fields, is one of its own split.
+    for split in ("train", "val", "test"):
+        s = load_split(project / "data/dataset.h5", split)
+        for field, block in zip(s.meta["field"], s.meta["block"]):
+            r = records[field]
+            assert r["blocks"][block - r["first_block"]][4] == split
     project = _project(raw, tmp_path / "field", split="field")
     result = run_stage("prepare", project)
     assert result.returncode != 0

@@ -142,7 +142,10 @@ def field_tiles(index: int, image: np.ndarray, mask: np.ndarray, valid: np.ndarr
 def split_mode(p: FitsParams, n_fields: int) -> str:
     """`field` or `block`: what `data.fits.split` means for this many fields."""
     if p.split == "auto":
-        return "field" if n_fields >= 3 else "block"
+        if n_fields >= 3:
+            return "field"
+        p.check_block()
+        return "block"
     if p.split == "field" and n_fields < 3:
         raise DataError(f"{n_fields} field(s) found and data.fits.split = field; need at least 3 "
                         "image files so that train, val and test each get a whole field, or "
@@ -186,9 +189,10 @@ def iter_tiles(fields: list[Field], p: FitsParams, method: str, seed: int
             for s, pos in grid.tiles(p.tile, p.stride, p.tile).items():
                 blocks = _block_of(grid, pos) + first_block
                 tiles[SPLIT_NAMES[s]] = field_tiles(index, image, mask, valid, p, pos, blocks)
-            first_block += grid.count
+            # meta/block of a tile is first_block + its index in this field's `blocks`.
             record.update(split="block", tiles={s: len(t.images) for s, t in tiles.items()},
-                          blocks=grid.records())
+                          first_block=first_block, blocks=grid.records())
+            first_block += grid.count
         yield record, tiles
 
 
