@@ -65,7 +65,12 @@ def _info(args: argparse.Namespace) -> None:
         raise DataError(problem)
     attrs = read_attrs(path)
     print(f"{args.dataset}: schema {attrs['schema_version']}, source {attrs.get('source')}, "
-          f"normalization {attrs.get('normalization')}, classes {attrs.get('class_names')}")
+          f"normalization {attrs.get('normalization')}, classes {attrs.get('class_names')}"
+          + (f", bands {attrs['bands']}" if attrs.get("bands") else ""))
+    splits = {f.get("split") for f in attrs.get("fields", [])}
+    if splits:
+        print(f"  split {'by block' if 'block' in splits else 'by field'} "
+              f"({len(attrs['fields'])} field(s))")
     for name, shape in split_sizes(path).items():
         print(f"  {name}: {shape[0]} images of {' x '.join(map(str, shape[1:]))}")
 
@@ -154,7 +159,9 @@ def _predict_fits(args: argparse.Namespace, source: str) -> int:
 
 
 def _predict_bands(args: argparse.Namespace) -> int:
-    from astroseg.data.band_files import find_band_files
+    import glob
+
+    from astroseg.data.band_files import field_name, find_band_files
     from astroseg.errors import DataError, ParamsError
     from astroseg.infer.predict_fits import check_bands, load_fits_model, segment_fits
 
@@ -169,7 +176,13 @@ def _predict_bands(args: argparse.Namespace) -> int:
         raise ParamsError(f"{others[0]} is not supported with --band yet: segment the bands, "
                           "then run it on the output")
     _check_window(args)
-    names, fields = find_band_files("", tuple(args.band), key="--band")
+    pairs = [b.partition("=")[::2] for b in args.band]
+    if not any(glob.has_magic(f) for _, f in pairs):
+        # One file per band, named on the command line: a field by position, whatever the names.
+        names = [n for n, _ in pairs]
+        fields = {field_name(pairs[0][1], names[0]): [Path(f) for _, f in pairs]}
+    else:
+        names, fields = find_band_files("", tuple(args.band), key="--band")
     fm = load_fits_model(args.model, args.device, args.precision, args.window, args.overlap,
                          args.bad_pixels, notify=_note, calibration=not args.no_calibration)
     check_bands(names, fm.meta, str(fm.path))
@@ -355,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "EXTNAME or EXTNAME,EXTVER like SCI,2 (default: the model's data.fits.hdu, else the first HDU with an "
                       "image; '' = the first HDU with an image)")
     pred.add_argument("--bad-pixel-hdu", default=None, metavar="HDU", help="FITS: HDU of the "
-                      "same file flagging bad pixels, nonzero = bad, e.g. DQ (default: the "
-                      "model's data.fits.bad_pixel_hdu; '' = none)")
+                      "same file flagging bad pixels, nonzero = bad, e.g. DQ; or NAME=0 for a "
+                      "weight map, 0 = bad, e.g. WHT=0 (default: the model's "
+                      "data.fits.bad_pixel_hdu; '' = none)")
     pred.add_argument("--bad-pixels", default=None, metavar="MAP", help="FITS: bad-pixel map file "
                       "of the image's size, nonzero = bad (default: none)")
     pred.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
@@ -419,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--hdu", default=None, metavar="HDU", help="image HDU index, EXTNAME or "
                      "EXTNAME,EXTVER (default: the first HDU with an image)")
     lab.add_argument("--bad-pixel-hdu", default=None, metavar="HDU", help="HDU of the same file "
-                     "flagging bad pixels, nonzero = bad, e.g. DQ (default: none)")
+                     "flagging bad pixels, nonzero = bad, e.g. DQ; or NAME=0 for a weight map, "
+                     "0 = bad, e.g. WHT=0 for a drizzled image (default: none)")
     lab.add_argument("--overwrite", action="store_true", help="replace masks already in "
                      "MASKDIR (never an input)")
     lab.set_defaults(func=_label)

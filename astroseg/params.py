@@ -124,6 +124,9 @@ class FitsParams:
         if self.stride > self.tile:
             raise ParamsError(f"data.fits.stride = {self.stride} exceeds data.fits.tile = "
                               f"{self.tile}: tiles would leave gaps")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ParamsError("data.fits.val_fraction + data.fits.test_fraction must be < 1 "
+                              "to leave fields (or blocks) for training")
         if self.split == "block":
             self.check_block()
 
@@ -133,9 +136,6 @@ class FitsParams:
             raise ParamsError(f"data.fits.block = {self.block} is under 2 x data.fits.tile = "
                               f"{2 * self.tile}: a block bordered by other splits loses half a "
                               "tile of guard band on each side and must still hold a tile")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ParamsError("data.fits.val_fraction + data.fits.test_fraction must be < 1 "
-                              "to leave fields for training")
 
 
 @dataclass(frozen=True)

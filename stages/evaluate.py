@@ -51,6 +51,10 @@ def main() -> None:
     if attrs.get("normalization", "minmax") != trained_on:
         raise DataError(f"{DATA} is normalised with '{attrs.get('normalization')}' "
                         f"but {MODEL} was trained on '{trained_on}': rerun the train stage")
+    if attrs.get("bands") != checkpoint["meta"].get("bands"):
+        raise DataError(f"{DATA} has bands {attrs.get('bands') or 'one band'} but {MODEL} was "
+                        f"trained on {checkpoint['meta'].get('bands') or 'one band'}: rerun the "
+                        "train stage")
     cal = calibrate(model, cfg, device)
     if cfg.mc_samples and not has_dropout(model):
         print(f"evaluate: evaluate.mc_samples = {cfg.mc_samples} but {MODEL} has no dropout or "

@@ -72,7 +72,16 @@ def main() -> None:
     model, config = _checked_model(params, attrs, first.shape, first.channels)
     init = {}
     if cfg.init_from:    # fine-tuning: every rank loads the same weights
+        if Path(cfg.init_from).resolve() == Path(MODEL).resolve():
+            raise ParamsError(f"train.init_from = {cfg.init_from}: is this stage's own output, "
+                              "which every run replaces; copy it to a name of its own first "
+                              "(README \"Fine-tuning from the synthetic sky\")")
         start = init_from(model, config, cfg.init_from)
+        if start["meta"].get("bands") != attrs.get("bands"):
+            raise ParamsError(f"train.init_from = {cfg.init_from}: trained on bands "
+                              f"{start['meta'].get('bands') or 'one band'}, {DATA} has "
+                              f"{attrs.get('bands') or 'one band'}; the bands (and their order) "
+                              "must be the same")
         init = {"path": cfg.init_from, "sha256": file_sha256(cfg.init_from),
                 "normalization": start["meta"].get("normalization", "minmax")}
     if cfg.nproc > 1 and not distributed.launched_by_torchrun():

@@ -65,7 +65,10 @@ def test_synthetic_band_zero_of_unit_colours_is_the_one_band_image(tmp_path):
 @pytest.mark.parametrize("name,band,field", [("goods_F606W.fits", "F606W", "goods"),
                                              ("F814W-goods.fits.gz", "F814W", "goods"),
                                              ("goods.fits", "F606W", "goods"),
-                                             ("hdf_n_v.fits", "v", "hdf_n")])
+                                             ("hdf_n_v.fits", "v", "hdf_n"),
+                                             ("hlsp_candels_hst_acs_goods-s_f606w_v1_drz.fits",
+                                              "F606W", "hlsp_candels_hst_acs_goods-s_v1_drz"),
+                                             ("m13.fits.fz", "F606W", "m13")])
 def test_band_files_pair_by_the_name_without_the_band(name, band, field):
     assert field_name(name, band) == field
 
@@ -126,6 +129,11 @@ def test_fits_bands_are_stacked_normalised_apart_and_predicted(band_sky, tmp_pat
             ([f1], "trained on bands ['F1', 'F2']: give one file per band")):
         assert cli_main([*base, *args]) == 2, args
         assert message in capsys.readouterr().err
+    # One file per band named on the command line pairs by position, whatever the file names.
+    shutil.copy(f1, tmp_path / "v.fits")
+    shutil.copy(f2, tmp_path / "i.fits")
+    assert cli_main([*base, "--band", f"F1={tmp_path / 'v.fits'}", "--band",
+                     f"F2={tmp_path / 'i.fits'}"]) == 0
     # Globs: every field's bands paired by name, one output per field.
     outdir = tmp_path / "survey"
     assert cli_main([*base[:1], "-o", str(outdir), *base[3:], "--band",

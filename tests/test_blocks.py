@@ -43,7 +43,8 @@ def test_tiles_of_different_splits_are_a_guard_band_apart(shape, seed):
 
 
 def test_blocks_cover_the_field_and_are_dealt_by_the_fractions():
-    assert list(edges(1000, 256)) == [0, 250, 500, 750, 1000]
+    assert list(edges(1000, 256)) == [0, 333, 667, 1000]
+    assert list(edges(900, 256)) == [0, 300, 600, 900]     # never under 256: 225 was possible
     assert list(edges(100, 256)) == [0, 100]
     split = deal(20, 0.15, 0.25, seed=7, what="blocks")
     assert np.bincount(split).tolist() == [12, 3, 5]
@@ -110,3 +111,43 @@ def test_two_fields_split_by_block_unless_told_by_field(one_field, tmp_path):
     assert result.returncode != 0
     assert "2 field(s) found and data.fits.split = field" in result.stderr
     assert not (project / "data/dataset.h5").exists()
+
+
+def test_fractions_must_leave_fields_for_training_in_either_split():
+    from astroseg.errors import ParamsError
+    from astroseg.params import FitsParams, parse_section
+    for split in ("auto", "field", "block"):
+        with pytest.raises(ParamsError, match="must be < 1 to leave fields"):
+            parse_section(FitsParams, {"split": split, "val_fraction": 0.6,
+                                       "test_fraction": 0.5}, "data.fits")
+
+
+def test_blocks_without_valid_pixels_stay_out_of_val_and_test():
+    coverage = np.array([0.0, 0.0, 0.1, 0.9, 1.0, 1.0, 0.0, 0.2, 1.0, 1.0])
+    for seed in range(20):
+        split = deal(10, 0.2, 0.2, seed, "blocks", coverage)
+        assert (split[coverage == 0] == 0).all()          # nothing to cut: left to train
+        assert (coverage[split > 0] >= 0.5).all()         # val and test get well-covered blocks
+        assert np.bincount(split, minlength=3)[1:].tolist() == [1, 1]   # of 7 usable blocks
+
+
+def test_a_mosaic_with_an_empty_corner_splits_whatever_the_seed(one_field, tmp_path):
+    from astropy.io import fits
+    from astroseg.data.fits_io import read_image
+    raw = tmp_path / "raw"
+    shutil.copytree(one_field / "raw", raw)
+    image = raw / "images/field_00.fits"
+    data, valid, _ = read_image(image)
+    yy, xx = np.mgrid[:448, :448]
+    data = np.where(valid & (xx + yy > 380), data, np.nan)    # a rotated footprint's corner
+    fits.PrimaryHDU(data.astype(np.float32)).writeto(image, overwrite=True)
+    for seed in (1, 2, 3):
+        project = tmp_path / f"s{seed}"
+        shutil.copytree(raw, project / "raw")
+        write_params(project, tiny_params(data={"source": "fits", "seed": seed, "fits": {
+            "tile": TILE, "stride": STRIDE, "block": BLOCK, "val_fraction": 0.2,
+            "test_fraction": 0.2}}))
+        result = run_stage("prepare", project)
+        assert result.returncode == 0, result.stderr
+        record, = read_attrs(project / "data/dataset.h5")["fields"]
+        assert min(record["tiles"].values()) > 0

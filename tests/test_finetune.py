@@ -70,3 +70,6 @@ def test_init_from_a_missing_or_broken_file_is_a_clear_error(finetune_dir):
     write_params(finetune_dir, tiny_params(train={"init_from": "pretrained/broken.pt"}))
     result = run_stage("train", finetune_dir)
     assert result.returncode == 2 and "not a readable checkpoint" in result.stderr
+    write_params(finetune_dir, tiny_params(train={"init_from": "models/model.pt"}))
+    result = run_stage("train", finetune_dir)
+    assert result.returncode == 2 and "is this stage's own output" in result.stderr

@@ -213,3 +213,21 @@ def test_window_starts_cover_the_image_and_weights_are_positive():
     assert tiles.shape == (len(pos), 40, 40)
     y, x = pos[-1]
     assert tiles[-1][0, 0] == y * 90 + x and (y, x) == (60, 50)
+
+
+def test_a_weight_map_hdu_written_name_eq_0_flags_its_zero_pixels(tmp_path):
+    # A drizzled HST file: SCI is 0 where no exposure covered the sky, and WHT is 0 there.
+    rng = np.random.default_rng(0)
+    sci = rng.normal(1.0, 0.1, (40, 50)).astype(np.float32)
+    wht = np.full(sci.shape, 900.0, np.float32)
+    sci[:, :12] = wht[:, :12] = 0
+    path = tmp_path / "drz.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(sci, name="SCI"),
+                  fits.ImageHDU(wht, name="WHT")]).writeto(path)
+    with open_image(path, "SCI", "WHT=0") as src:
+        _, valid = src.read()
+    assert not valid[:, :12].any() and valid[:, 12:].all()
+    with open_image(path, "SCI", "WHT") as src:     # as flags, nonzero = bad: the reverse
+        assert not src.read()[1][:, 12:].any()
+    with pytest.raises(DataError, match=r"WHTX.*\(weight map\)"):
+        open_image(path, "SCI", "WHTX=0")

@@ -46,8 +46,9 @@ def band_globs(images: str, bands: tuple[str, ...], key: str = "data.fits.bands"
 def field_name(path: str | os.PathLike, band: str) -> str:
     """The field a band's file belongs to: its name without suffix and band."""
     name = stem(path)
-    # The band as a whole token: after the start or a separator, before a separator or the end.
-    m = re.search(rf"(^|[_.-]){re.escape(band)}($|[_.-])", name)
+    # The band as a whole token: after the start or a separator, before a separator or the end;
+    # any case (HST names files ..._f606w_drz.fits, papers and params say F606W).
+    m = re.search(rf"(^|[_.-]){re.escape(band)}($|[_.-])", name, flags=re.IGNORECASE)
     if m is None:
         return name
     # Drop the separator before it, or at the start of the name the one after it.

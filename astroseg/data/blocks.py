@@ -23,15 +23,25 @@ from astroseg.errors import DataError
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def deal(n: int, val_fraction: float, test_fraction: float, seed: int, what: str) -> np.ndarray:
+def deal(n: int, val_fraction: float, test_fraction: float, seed: int, what: str,
+         coverage: np.ndarray | None = None) -> np.ndarray:
     """Split index (0 train, 1 val, 2 test) of each of `n` items, shuffled with `seed`: test and
-    val get their fractions (at least one item each), train the rest."""
-    if n < 3:
-        raise DataError(f"{n} {what} found; need at least 3 so that train, val and test each get "
-                        "one")
+    val get their fractions (at least one item each), train the rest.
+
+    `coverage` (valid fraction per item): items with nothing valid count for nothing and stay in
+    train, and test and val are dealt items at least half valid first, so a mosaic's empty
+    corners do not become its test set."""
     order = np.random.default_rng(seed).permutation(n)
-    n_test = min(max(1, round(test_fraction * n)), n - 2)
-    n_val = min(max(1, round(val_fraction * n)), n - 1 - n_test)
+    if coverage is not None:
+        good = coverage >= 0.5
+        order = np.array([i for i in order if good[i]] +
+                         [i for i in order if 0 < coverage[i] < 0.5], dtype=np.int64)
+    m = len(order)
+    if m < 3:
+        raise DataError(f"{m} {what} found{' with valid pixels' if coverage is not None else ''};"
+                        " need at least 3 so that train, val and test each get one")
+    n_test = min(max(1, round(test_fraction * m)), m - 2)
+    n_val = min(max(1, round(val_fraction * m)), m - 1 - n_test)
     out = np.zeros(n, np.int8)
     out[order[:n_test]] = 2
     out[order[n_test:n_test + n_val]] = 1
@@ -39,8 +49,11 @@ def deal(n: int, val_fraction: float, test_fraction: float, seed: int, what: str
 
 
 def edges(size: int, block: int) -> np.ndarray:
-    """Block boundaries along one axis: about `size / block` equal blocks covering [0, size)."""
-    n = max(1, round(size / block))
+    """Block boundaries along one axis: equal blocks of at least `block` pixels (under 2 x
+    `block`) covering [0, size); one block if the field is smaller."""
+    # Rounded down, not to the nearest: a block never shrinks below `block`, which params
+    # check is at least two tiles, so every block holds a tile inside its guard band.
+    n = max(1, size // block)
     return np.round(np.linspace(0, size, n + 1)).astype(np.int64)
 
 
@@ -102,13 +115,22 @@ def _starts(lo: int, hi: int, size: int, tile: int, stride: int) -> list[int]:
     return [lo + s for s in starts(hi - lo, tile, stride)]
 
 
+def block_axes(shape: tuple[int, int], block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column block boundaries of a field of `shape`."""
+    return edges(shape[0], block), edges(shape[1], block)
+
+
 def deal_blocks(shapes: list[tuple[int, int]], block: int, val_fraction: float,
-                test_fraction: float, seed: int) -> list[BlockGrid]:
-    """Cut each field of `shapes` into blocks and deal all the blocks to the splits at once."""
-    axes = [(edges(h, block), edges(w, block)) for h, w in shapes]
+                test_fraction: float, seed: int,
+                coverage: list[np.ndarray] | None = None) -> list[BlockGrid]:
+    """Cut each field of `shapes` into blocks and deal all the blocks to the splits at once;
+    `coverage`, per field, the (ny, nx) valid fraction of each block (see `deal`)."""
+    axes = [block_axes(shape, block) for shape in shapes]
     sizes = [(len(ys) - 1) * (len(xs) - 1) for ys, xs in axes]
     dealt = deal(sum(sizes), val_fraction, test_fraction, seed,
-                 f"block(s) of data.fits.block = {block} pixels in {len(shapes)} field(s)")
+                 f"block(s) of data.fits.block = {block} pixels in {len(shapes)} field(s) "
+                 "(a smaller data.fits.block makes more)",
+                 None if coverage is None else np.concatenate([c.ravel() for c in coverage]))
     grids, first = [], 0
     for (ys, xs), n in zip(axes, sizes):
         grids.append(BlockGrid(ys, xs, dealt[first:first + n].reshape(len(ys) - 1, len(xs) - 1)))

@@ -48,7 +48,7 @@ except ImportError:   # a private module: if astropy moves it, the other types s
 _READ_ERRORS = (OSError, ValueError, TypeError, EOFError, IndexError, OverflowError, zlib.error,
                 CfitsioException)
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz", ".fit.fz", ".fz")
 PNG_SUFFIXES = (".png",)
 # Cards that describe how an HDU is stored, not what it shows: never inherited or copied.
 STRUCTURAL = re.compile(r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|BSCALE|BZERO|"
@@ -82,7 +82,8 @@ def parse_hdu(value: str | None) -> int | str | tuple[str, int] | None:
 def stem(path: str | os.PathLike) -> str:
     """File name without its image suffix: how images, masks and bad-pixel maps are paired."""
     name = Path(path).name
-    for suffix in FITS_SUFFIXES + PNG_SUFFIXES:
+    # Longest first: x.fits.fz is x, not x.fits.
+    for suffix in sorted(FITS_SUFFIXES + PNG_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
@@ -176,6 +177,7 @@ class ImageSource:
     _hdu: object | None
     _array: np.ndarray | None = None    # PNG pixels (already in memory)
     flags: list[ImageSource] = field(default_factory=list)   # bad-pixel maps, nonzero = bad
+    zero_is_bad: bool = False    # as a flag source: a weight map, where 0 (not nonzero) is bad
 
     def rows(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
         """Native float32 pixels of rows [y0, y1) and their valid mask (finite, not flagged)."""
@@ -198,7 +200,8 @@ class ImageSource:
         valid = np.isfinite(data)
         for flags in self.flags:
             values, known = flags.rows(y0, y1)
-            valid &= known & (values == 0)   # an unreadable (NaN) flag counts as bad
+            # An unreadable (NaN) flag counts as bad; a weight of 0 is no coverage (drizzle).
+            valid &= known & ((values > 0) if flags.zero_is_bad else (values == 0))
         return data, valid
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
@@ -225,17 +228,24 @@ def open_image(path: str | os.PathLike, hdu: int | str | None = None,
     """Open a FITS (HDU `hdu`, default the first image) or PNG image for reading.
 
     `bad_pixel_hdu` (an HDU of the same file, e.g. 'DQ') and `bad_pixels` (a map file) flag
-    pixels as invalid where nonzero; both must match the image pixel for pixel.
+    pixels as invalid where nonzero; both must match the image pixel for pixel. A bad-pixel HDU
+    written NAME=0 (`WHT=0`) is a weight or exposure map instead: invalid where it is 0 (or
+    negative), as drizzled images mark the pixels no exposure covered.
     """
     path = Path(path)
     src = _open_one(path, hdu)
+    weight = isinstance(bad_pixel_hdu, str) and bad_pixel_hdu.endswith("=0")
+    if weight:
+        bad_pixel_hdu = parse_hdu(bad_pixel_hdu[:-2])
     try:
         if bad_pixel_hdu is not None and bad_pixel_hdu != "":
             if src._hdul is None:
                 raise DataError(f"{path}: a PNG image has no HDUs, so no bad-pixel HDU "
                                 f"{bad_pixel_hdu!r}; give a bad-pixel map file instead")
-            h = _select_hdu(src._hdul, bad_pixel_hdu, path, " (bad-pixel flags)")
+            h = _select_hdu(src._hdul, bad_pixel_hdu, path,
+                            " (weight map)" if weight else " (bad-pixel flags)")
             flags = _fits_source(path, src._hdul, h, owner=False)
+            flags.zero_is_bad = weight
             check_same_shape(path, src.shape, flags.shape, f"HDU {h.name or bad_pixel_hdu}")
             src.flags.append(flags)
         if bad_pixels is not None and str(bad_pixels) != "":

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from astroseg.data.band_files import band_globs, check_aligned, find_band_files
-from astroseg.data.blocks import SPLIT_NAMES, BlockGrid, deal, deal_blocks
+from astroseg.data.blocks import SPLIT_NAMES, BlockGrid, block_axes, deal, deal_blocks
 from astroseg.data.dataset import SPLITS, DatasetWriter
 from astroseg.errors import DataError
 from astroseg.data.fits_io import check_same_shape, open_image, parse_hdu, read_mask, stem
@@ -60,28 +60,36 @@ def _glob(pattern: str, key: str, root: Path) -> dict[str, Path]:
 
 
 def find_fields(p: FitsParams, root: str | os.PathLike = ".") -> list[Field]:
-    """Pair the files of `data.fits.images`, `.masks` (and `.bad_pixels`) by name."""
+    """Pair the files of `data.fits.images` (or of each band), `.masks` (and `.bad_pixels`)
+    by name."""
     root = Path(root)
     if p.bands:
         _, files = find_band_files(p.images, p.bands, root)
         images = {name: paths[0] for name, paths in files.items()}
     else:
         files, images = {}, _glob(p.images, "data.fits.images", root)
+    # A field's mask or bad-pixel map is named after the field, or after one of its band files
+    # (`astroseg label` on band 0 names its mask after that file).
+    names = {n: [n, *(stem(f) for f in files.get(n, ()))] for n in images}
     masks = _glob(p.masks, "data.fits.masks", root)
     bad = _glob(p.bad_pixels, "data.fits.bad_pixels", root) if p.bad_pixels else {}
-    missing = [images[n] for n in images if n not in masks]
+    mask_of = {n: next((masks[a] for a in names[n] if a in masks), None) for n in images}
+    missing = [n for n in images if mask_of[n] is None]
     if missing:
-        raise DataError(f"{missing[0]}: no mask file named '{missing[0].name}' (any image "
-                        f"suffix) among the {len(masks)} files of data.fits.masks = {p.masks!r}")
-    orphans = [masks[n] for n in masks if n not in images]
+        raise DataError(f"{images[missing[0]]}: no mask file named "
+                        f"{' or '.join(repr(a) for a in dict.fromkeys(names[missing[0]]))} (any "
+                        f"image suffix) among the {len(masks)} files of data.fits.masks = "
+                        f"{p.masks!r}")
+    used = {m for m in mask_of.values()}
+    orphans = [m for m in masks.values() if m not in used]
     if orphans:
         raise DataError(f"{orphans[0]}: mask without an image in data.fits.images = {p.images!r}")
-    if bad:
-        no_bad = [images[n] for n in images if n not in bad]
-        if no_bad:
-            raise DataError(f"{no_bad[0]}: no bad-pixel map of the same name in "
-                            f"data.fits.bad_pixels = {p.bad_pixels!r}")
-    return [Field(n, images[n], masks[n], bad.get(n), tuple(files.get(n, ()))) for n in images]
+    bad_of = {n: next((bad[a] for a in names[n] if a in bad), None) for n in images}
+    if bad and None in bad_of.values():
+        n = next(n for n in images if bad_of[n] is None)
+        raise DataError(f"{images[n]}: no bad-pixel map of the same name in "
+                        f"data.fits.bad_pixels = {p.bad_pixels!r}")
+    return [Field(n, images[n], mask_of[n], bad_of[n], tuple(files.get(n, ()))) for n in images]
 
 
 def load_field(field: Field, p: FitsParams, method: str
@@ -159,6 +167,25 @@ def field_shape(field: Field, p: FitsParams) -> tuple[int, int]:
         return src.shape
 
 
+def block_coverage(field: Field, p: FitsParams, rows: int = 256) -> np.ndarray:
+    """The (ny, nx) fraction of each block's pixels valid in every band, read in row strips."""
+    sources = [open_image(path, parse_hdu(p.hdu), parse_hdu(p.bad_pixel_hdu), field.bad)
+               for path in field.bands or (field.image,)]
+    try:
+        ys, xs = block_axes(sources[0].shape, p.block)
+        counts = np.zeros((len(ys) - 1, len(xs) - 1), np.int64)
+        for y0 in range(0, int(ys[-1]), rows):
+            y1 = min(int(ys[-1]), y0 + rows)
+            valid = np.logical_and.reduce([s.rows(y0, y1)[1] for s in sources])
+            per_row = np.add.reduceat(valid, xs[:-1], axis=1, dtype=np.int64)   # (rows, nx)
+            band = np.searchsorted(ys, np.arange(y0, y1), side="right") - 1
+            np.add.at(counts, band, per_row)
+    finally:
+        for s in sources:
+            s.close()
+    return counts / np.outer(np.diff(ys), np.diff(xs))
+
+
 def iter_tiles(fields: list[Field], p: FitsParams, method: str, seed: int
                ) -> Iterator[tuple[dict, dict[str, Tiles]]]:
     """(provenance record, tiles per split) of every field, split by field or by block."""
@@ -167,7 +194,7 @@ def iter_tiles(fields: list[Field], p: FitsParams, method: str, seed: int
         grids = [None] * len(fields)
     else:
         grids = deal_blocks([field_shape(f, p) for f in fields], p.block, p.val_fraction,
-                            p.test_fraction, seed)
+                            p.test_fraction, seed, [block_coverage(f, p) for f in fields])
     first_block = 0
     # Whole fields go split by split (train, val, test), so the file's field index rises.
     order = range(len(fields)) if grids[0] is not None else \
