@@ -26,6 +26,8 @@ _VALUE_CARDS): a probability map must not claim BUNIT = 'count' or the input's S
 Bad pixels are read as in dataset preparation (astroseg.data.fits_io.open_image): by default the
 image and bad-pixel HDUs the model was trained with (checkpoint meta "fits"), and flagged
 pixels are NaN in the probabilities and 0 in MASK, like NaN/BLANK input pixels.
+A model trained on several bands (checkpoint meta "bands") reads one file per band, in its band
+order (`BandStack`): each band normalised on its own, a pixel invalid in any band invalid.
 """
 
 from __future__ import annotations
