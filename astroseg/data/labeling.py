@@ -50,7 +50,8 @@ class LabelSettings:
     """How `astroseg label` detects sources; the defaults are SExtractor's."""
     nsigma: float = 1.5      # DETECT_THRESH: x the background RMS, on the smoothed image
     npixels: int = 5         # DETECT_MINAREA
-    fwhm: float = 3.0        # Gaussian smoothing kernel (pixels), SExtractor's default filter
+    fwhm: float = 3.0        # Gaussian smoothing kernel (pixels), SExtractor's gauss_3.0 filters
+                             # (its default.conv is a 3x3 kernel of FWHM 2)
     box: int = 64            # BACK_SIZE (pixels)
     deblend: bool = False
     hdu: int | str | tuple[str, int] | None = None            # image HDU; None: the first image
