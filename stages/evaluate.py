@@ -101,7 +101,7 @@ def main() -> None:
     write_csv(PR_CURVE, science.foreground.pr_rows(), ["threshold", "precision", "recall"])
 
     n = len(result.labels)
-    save_examples(PREDICTIONS, Examples(test.images[:n], test.masks[:n], result.foreground,
+    save_examples(PREDICTIONS, Examples(test.images[:n], test.targets()[:n], result.foreground,
                                         result.labels, result.mc_mean, result.mc_std))
     objects, unc = metrics["objects"], metrics.get("uncertainty", {})
     print(f"evaluate: test IoU {metrics['iou']:.4f} | Dice {metrics['dice']:.4f} | "

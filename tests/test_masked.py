@@ -99,3 +99,16 @@ def test_metrics_and_science_skip_pixels_outside_valid(tmp_path):
     assert sa.calibrated.positive.sum() + sa.calibrated.negative.sum() == valid.sum()
     assert np.array_equal(sa.pixels, sb.pixels) and sa.pixels.sum() == valid.sum()
     assert sa.objects.summary() == sb.objects.summary()
+
+
+def test_figures_take_examples_whose_truth_has_unmeasured_pixels(tmp_path):
+    from astroseg.figures.plotting import plot_predictions, plot_uncertainty
+    masks = np.zeros((1, 16, 16), np.uint8)
+    masks[0, :, :4] = IGNORE                      # a chip gap, predicted as source
+    labels = np.zeros_like(masks)
+    labels[0, :, :4] = 1
+    images = np.random.default_rng(0).random((1, 16, 16), dtype=np.float32)
+    prob = labels.astype(np.float32)
+    plot_predictions(images, masks, prob, labels, tmp_path / "p.png", "magma", 30)
+    plot_uncertainty(images, masks, labels, prob, prob, tmp_path / "u.png", "magma", 30)
+    assert (tmp_path / "p.png").stat().st_size and (tmp_path / "u.png").stat().st_size

@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from astroseg.atomic import atomic_output
+from astroseg.data.dataset import IGNORE
 
 TRUTH_COLOUR = "#00e5ff"        # cyan: stands out on magma, gray and viridis alike
 PREDICTION_COLOUR = "#ffb000"   # amber
@@ -125,7 +126,9 @@ def plot_predictions(images: np.ndarray, masks: np.ndarray, foreground: np.ndarr
     fig = Figure(figsize=(15, 3.3 * n), layout="constrained")
     axes = fig.subplots(n, 4, squeeze=False)
     for i in range(n):
-        pred, truth = labels[i] > 0, masks[i] > 0
+        # Pixels not measured (IGNORE in the truth) are neither found nor missed, as in the metrics.
+        known = masks[i] != IGNORE
+        pred, truth = (labels[i] > 0) & known, (masks[i] > 0) & known
         _show_image(fig, axes[i, 0], images[i], cmap)
         _show_image(fig, axes[i, 1], images[i], "gray", bar=False)
         _outline(axes[i, 1], truth, TRUTH_COLOUR, 1.4)
@@ -167,7 +170,8 @@ def plot_uncertainty(images: np.ndarray, masks: np.ndarray, labels: np.ndarray,
     fig = Figure(figsize=(12, 3.3 * n), layout="constrained")
     axes = fig.subplots(n, 3, squeeze=False)
     for i in range(n):
-        wrong = (labels[i] > 0) != (masks[i] > 0)
+        known = masks[i] != IGNORE
+        wrong = ((labels[i] > 0) != (masks[i] > 0)) & known
         _show_image(fig, axes[i, 0], images[i], cmap)
         mean = axes[i, 1].imshow(mc_mean[i], cmap="viridis", origin="lower", vmin=0, vmax=1,
                                  interpolation="nearest")
@@ -178,7 +182,7 @@ def plot_uncertainty(images: np.ndarray, masks: np.ndarray, labels: np.ndarray,
         for ax in axes[i, 1:]:
             _outline(ax, wrong, "#ffffff", 0.8)
         axes[i, 2].set_xlabel(f"mean std: wrong px {_mean(mc_std[i], wrong)}, "
-                              f"right px {_mean(mc_std[i], ~wrong)}", fontsize=8)
+                              f"right px {_mean(mc_std[i], ~wrong & known)}", fontsize=8)
         axes[i, 0].set_ylabel(f"example #{i}")
     for ax, title in zip(axes[0], ("image (zscale, asinh)", "MC dropout mean",
                                    "MC dropout std (errors outlined white)")):

@@ -20,7 +20,7 @@ _OPTIONAL = ("mc_mean", "mc_std")
 class Examples:
     """A few test images with their truth and the model's maps."""
     images: np.ndarray       # float32 (n, H, W), or (n, C, H, W) for C bands
-    masks: np.ndarray        # uint8 (n, H, W) true class
+    masks: np.ndarray        # uint8 (n, H, W) true class, IGNORE (255) where not measured
     foreground: np.ndarray   # float32 (n, H, W) probability of not being background
     labels: np.ndarray       # uint8 (n, H, W) predicted class
     mc_mean: np.ndarray | None = None   # float32 (n, H, W) MC-dropout mean and standard
