@@ -17,11 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from astroseg.data.dataset import SPLITS   # split index 0, 1, 2
 from astroseg.data.tiling import starts
 from astroseg.errors import DataError
-
-SPLIT_NAMES = ("train", "val", "test")
-
 
 def deal(n: int, val_fraction: float, test_fraction: float, seed: int, what: str,
          coverage: np.ndarray | None = None) -> np.ndarray:
@@ -72,7 +70,7 @@ class BlockGrid:
     def records(self) -> list[list[int | str]]:
         """[y0, y1, x0, x1, split name] per block, row-major: the provenance kept in the file."""
         return [[int(self.ys[i]), int(self.ys[i + 1]), int(self.xs[j]), int(self.xs[j + 1]),
-                 SPLIT_NAMES[self.split[i, j]]]
+                 SPLITS[self.split[i, j]]]
                 for i in range(self.split.shape[0]) for j in range(self.split.shape[1])]
 
     def _clear(self, y0: int, y1: int, x0: int, x1: int, split: int) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from astroseg.data.band_files import band_globs, check_aligned, find_band_files
-from astroseg.data.blocks import SPLIT_NAMES, BlockGrid, block_axes, deal, deal_blocks
+from astroseg.data.blocks import BlockGrid, block_axes, deal, deal_blocks
 from astroseg.data.dataset import SPLITS, DatasetWriter
 from astroseg.errors import DataError
 from astroseg.data.fits_io import check_same_shape, open_image, parse_hdu, read_mask, stem
@@ -161,14 +161,10 @@ def split_mode(p: FitsParams, n_fields: int) -> str:
     return p.split
 
 
-def field_shape(field: Field, p: FitsParams) -> tuple[int, int]:
-    """A field's (H, W), from its header."""
-    with open_image(field.image, parse_hdu(p.hdu)) as src:
-        return src.shape
-
-
-def block_coverage(field: Field, p: FitsParams, rows: int = 256) -> np.ndarray:
-    """The (ny, nx) fraction of each block's pixels valid in every band, read in row strips."""
+def block_coverage(field: Field, p: FitsParams, rows: int = 256
+                   ) -> tuple[tuple[int, int], np.ndarray]:
+    """A field's (H, W), and the (ny, nx) fraction of each block's pixels valid in every band,
+    read in row strips."""
     sources = [open_image(path, parse_hdu(p.hdu), parse_hdu(p.bad_pixel_hdu), field.bad)
                for path in field.bands or (field.image,)]
     try:
@@ -183,7 +179,7 @@ def block_coverage(field: Field, p: FitsParams, rows: int = 256) -> np.ndarray:
     finally:
         for s in sources:
             s.close()
-    return counts / np.outer(np.diff(ys), np.diff(xs))
+    return sources[0].shape, counts / np.outer(np.diff(ys), np.diff(xs))
 
 
 def iter_tiles(fields: list[Field], p: FitsParams, method: str, seed: int
@@ -193,8 +189,9 @@ def iter_tiles(fields: list[Field], p: FitsParams, method: str, seed: int
         dealt = deal(len(fields), p.val_fraction, p.test_fraction, seed, "field(s)")
         grids = [None] * len(fields)
     else:
-        grids = deal_blocks([field_shape(f, p) for f in fields], p.block, p.val_fraction,
-                            p.test_fraction, seed, [block_coverage(f, p) for f in fields])
+        shapes, coverage = zip(*(block_coverage(f, p) for f in fields))
+        grids = deal_blocks(list(shapes), p.block, p.val_fraction, p.test_fraction, seed,
+                            list(coverage))
     first_block = 0
     # Whole fields go split by split (train, val, test), so the file's field index rises.
     order = range(len(fields)) if grids[0] is not None else \
@@ -208,14 +205,14 @@ def iter_tiles(fields: list[Field], p: FitsParams, method: str, seed: int
         if field.bands:
             record["bands"] = [str(b) for b in field.bands]
         if grid is None:
-            split = SPLIT_NAMES[dealt[k]]
+            split = SPLITS[dealt[k]]
             tiles = {split: field_tiles(index, image, mask, valid, p)}
             record.update(split=split, tiles=len(tiles[split].images))
         else:
             tiles = {}
             for s, pos in grid.tiles(p.tile, p.stride, p.tile).items():
                 blocks = _block_of(grid, pos) + first_block
-                tiles[SPLIT_NAMES[s]] = field_tiles(index, image, mask, valid, p, pos, blocks)
+                tiles[SPLITS[s]] = field_tiles(index, image, mask, valid, p, pos, blocks)
             # meta/block of a tile is first_block + its index in this field's `blocks`.
             record.update(split="block", tiles={s: len(t.images) for s, t in tiles.items()},
                           first_block=first_block, blocks=grid.records())
