@@ -101,6 +101,43 @@ class BandParams:
 
 
 @dataclass(frozen=True)
+class RealisticParams:
+    """`data.sky: realistic`: a survey-like sky in detector counts (astroseg.data.realistic).
+
+    Fluxes are in units of the background noise sigma (sky + read noise, per pixel), so one
+    range spans shallow and deep, space- and ground-based frames; counts per image are
+    Poisson with a mean per 128 x 128 pixels, drawn log-uniformly per image.
+    """
+    mask_nsigma: float = _p(1.5, gt=0)      # truth: noiseless source model > this x sigma
+    mask_npixels: int = _p(5, ge=1)         # ... in components of at least this many pixels
+    fwhm: tuple[float, float] = _p((1.2, 8.0), gt=0, ordered=True)   # PSF (pixels), log-uniform
+    moffat: float = _p(0.7, ge=0, le=1)     # fraction of images with a Moffat PSF, else Gaussian
+    moffat_beta: tuple[float, float] = _p((2.0, 5.0), gt=1, ordered=True)
+    sky: tuple[float, float] = _p((10.0, 20000.0), ge=0, ordered=True)   # electrons per pixel
+    gain: tuple[float, float] = _p((0.5, 5.0), gt=0, ordered=True)       # electrons per count
+    read_noise: tuple[float, float] = _p((2.0, 15.0), ge=0, ordered=True)  # electrons
+    full_well: tuple[float, float] = _p((2e4, 2e5), gt=0, ordered=True)  # electrons: saturation
+    gradient: tuple[float, float] = _p((0.0, 3.0), ge=0, ordered=True)   # sky slope across the
+                                            # image, in sigma
+    galaxies: tuple[float, float] = _p((4.0, 200.0), ge=0, ordered=True)  # mean per 128^2 px
+    galaxy_flux: tuple[float, float] = _p((2.0, 1e5), gt=0, ordered=True)  # x sigma
+    galaxy_slope: tuple[float, float] = _p((0.4, 1.2), gt=0, ordered=True)  # N(>F) ~ F^-slope
+    sersic_n: tuple[float, float] = _p((0.5, 4.0), ge=0.3, le=8, ordered=True)
+    radius: tuple[float, float] = _p((0.5, 6.0), gt=0, ordered=True)  # half-light radius
+                                            # (pixels) at 100 sigma; grows as flux^0.3
+    axis_ratio: tuple[float, float] = _p((0.2, 1.0), gt=0, le=1, ordered=True)
+    bulge: float = _p(0.3, ge=0, le=1)      # fraction of galaxies drawn as bulge + disc
+    stars: tuple[float, float] = _p((0.0, 20.0), ge=0, ordered=True)   # mean per 128^2 px
+    star_flux: tuple[float, float] = _p((3.0, 1e7), gt=0, ordered=True)   # x sigma
+    star_slope: tuple[float, float] = _p((0.3, 0.8), gt=0, ordered=True)
+    correlated_noise: float = _p(0.3, ge=0, le=1)   # probabilities per image: drizzle-like
+    cosmic_rays: float = _p(0.3, ge=0, le=1)        # noise; cosmic-ray hits; a wide halo on
+    halo: float = _p(0.2, ge=0, le=1)               # the brightest star; a satellite streak
+    streak: float = _p(0.1, ge=0, le=1)
+    max_objects: int = _p(128, ge=1, le=65535)   # truth rows per image (the brightest first)
+
+
+@dataclass(frozen=True)
 class FitsParams:
     """`data.source: fits`: survey images and masks, tiled; split by field (file) or by block."""
     images: str = _p("raw/images/*.fits")   # glob, relative to the project root
@@ -142,7 +179,9 @@ class FitsParams:
 class DataParams:
     """The `data` section: how `prepare` builds data/dataset.h5."""
     source: str = _p("synthetic", choices=("synthetic", "fits"))
-    normalize: str = _p("minmax", choices=("minmax", "zscale", "asinh"))
+    sky: str = _p("seed", choices=("seed", "realistic"))    # synthetic: which generator
+    classes: str = _p("binary", choices=("binary", "morphology"))
+    normalize: str = _p("minmax", choices=("minmax", "zscale", "asinh", "noise"))
     seed: int = _p(1234, ge=0, le=2 ** 64 - 1)
     height: int = _p(128, ge=8)
     width: int = _p(128, ge=8)
@@ -156,10 +195,13 @@ class DataParams:
     spiral: SpiralParams = _sub(SpiralParams)
     noise: NoiseParams = _sub(NoiseParams)
     bands: BandParams = _sub(BandParams)
+    realistic: RealisticParams = _sub(RealisticParams)
     fits: FitsParams = _sub(FitsParams)
 
     def class_names(self) -> list[str]:
-        """The classes this source's masks hold: both sources give binary masks today."""
+        """The classes this source's masks hold (index = mask value)."""
+        if self.classes == "morphology":
+            return ["background", "galaxy", "star", "artifact"]
         return ["background", "source"]
 
     def record(self) -> dict[str, Any]:
@@ -172,13 +214,32 @@ class DataParams:
         if self.source == "fits":
             keep = ("source", "normalize", "seed", "fits")
         else:
-            # One band leaves `bands` out: the file of the seed's sky keeps its bytes.
+            # Keys at their defaults that a file of the seed's sky never had are left out, so
+            # that file keeps its bytes: one band, the seed sky, binary classes. The realistic
+            # sky has none of the seed's galaxy, bar, spiral and noise sections.
             skip = ("chunk", "workers", "fits") + (() if self.bands.names else ("bands",))
+            if self.sky == "seed":
+                skip += ("sky", "realistic") + (("classes",) if self.classes == "binary" else ())
+            else:
+                skip += ("galaxies", "bar", "spiral", "noise")
             keep = tuple(f.name for f in dataclasses.fields(self) if f.name not in skip)
         full = dataclasses.asdict(self)
         return {key: full[key] for key in keep}
 
     def check(self) -> None:
+        if self.source == "synthetic" and self.sky == "realistic":
+            if self.normalize == "minmax":
+                raise ParamsError("data.normalize = minmax with data.sky = realistic: one "
+                                  "saturated star would squash the rest to 0; use noise (or "
+                                  "asinh), as a real frame needs")
+            if self.bands.names:
+                raise ParamsError(f"data.bands.names = {list(self.bands.names)}: the realistic "
+                                  "sky renders one band; use data.sky = seed for several")
+            return
+        if self.classes == "morphology":
+            raise ParamsError(f"data.classes = morphology with data.source = {self.source}, "
+                              f"data.sky = {self.sky}: only the realistic synthetic sky labels "
+                              "galaxies, stars and artifacts apart; use binary")
         margin = self.galaxies.margin
         for key, size in (("width", self.width), ("height", self.height)):
             if size <= 2 * margin:
@@ -381,10 +442,12 @@ class Params:
                                   f"or {(size // stride + 1) * stride}")
         classes = self.data.class_names()
         k = self.model.num_classes
-        if k not in (1, len(classes)):
-            raise ParamsError(f"model.num_classes = {k}: data.source = {self.data.source} gives "
-                              f"{len(classes)} classes {classes}; use 1 (binary, sigmoid) or "
-                              f"{len(classes)} (softmax)")
+        allowed = (1, 2) if len(classes) == 2 else (len(classes),)
+        if k not in allowed:
+            raise ParamsError(f"model.num_classes = {k}: data.classes = {self.data.classes} "
+                              f"gives {len(classes)} classes {classes}; use "
+                              + (" or ".join(map(str, allowed)) if len(classes) == 2 else
+                                 f"{len(classes)} (softmax), or data.classes = binary"))
         if self.data.source == "synthetic" and self.data.n_val < self.train.nproc:
             raise ParamsError(f"data.n_val = {self.data.n_val} is less than train.nproc = "
                               f"{self.train.nproc}: every rank validates a share")

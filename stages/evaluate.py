@@ -25,6 +25,7 @@ PREDICTIONS = "metrics/test_predictions.h5"
 COMPLETENESS = "metrics/completeness.csv"
 RELIABILITY = "metrics/reliability.csv"
 PR_CURVE = "metrics/pr_curve.csv"
+CONFUSION = "metrics/confusion.json"
 CALIBRATION_PIXELS = 8_000_000   # validation pixels the temperature is fitted on, at most
 
 
@@ -99,6 +100,7 @@ def main() -> None:
     write_csv(RELIABILITY, science.calibrated.reliability_rows(),
               ["bin_lo", "bin_hi", "confidence", "frequency", "count"])
     write_csv(PR_CURVE, science.foreground.pr_rows(), ["threshold", "precision", "recall"])
+    write_json(CONFUSION, {"classes": class_names, "matrix": result.confusion.tolist()})
 
     n = len(result.labels)
     save_examples(PREDICTIONS, Examples(test.images[:n], test.targets()[:n], result.foreground,

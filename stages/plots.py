@@ -9,7 +9,8 @@ from pathlib import Path
 from astroseg.data.dataset import load_split
 from astroseg.errors import ParamsError, run_main
 from astroseg.figures.curves import (COMPLETENESS_COLUMNS, PR_COLUMNS, RELIABILITY_COLUMNS,
-                                     plot_completeness, plot_pr_curve, plot_reliability)
+                                     plot_completeness, plot_confusion, plot_pr_curve,
+                                     plot_reliability)
 from astroseg.figures.inputs import number, read_json, read_table
 from astroseg.figures.plotting import (plot_predictions, plot_samples, plot_training_curves,
                                        plot_uncertainty)
@@ -25,6 +26,7 @@ METRICS = "metrics/metrics.json"
 PR_CURVE = "metrics/pr_curve.csv"
 RELIABILITY = "metrics/reliability.csv"
 COMPLETENESS = "metrics/completeness.csv"
+CONFUSION = "metrics/confusion.json"
 BASELINE = "metrics/baseline.json"
 BASELINE_COMPLETENESS = "metrics/baseline_completeness.csv"
 OUT = Path("plots")
@@ -38,6 +40,7 @@ FIGURES = (   # (file, caption in the report)
     ("reliability.png", "calibration of the source probability"),
     ("completeness.png", "object completeness against S/N, model and baseline"),
     ("uncertainty.png", "MC dropout mean and std of the source probability"),
+    ("confusion.png", "pixel confusion matrix of the classes, test split"),
 )
 
 
@@ -53,6 +56,7 @@ def main() -> None:
                           f"{len(examples.images)}; raise evaluate.n_examples")
     metrics = read_json(METRICS, made_by="evaluate")
     baseline = read_json(BASELINE, made_by="baseline")
+    confusion = read_json(CONFUSION, made_by="evaluate")
     curve = read_table(PR_CURVE, PR_COLUMNS, made_by="evaluate")
     reliability = read_table(RELIABILITY, RELIABILITY_COLUMNS, made_by="evaluate")
     completeness = read_table(COMPLETENESS, COMPLETENESS_COLUMNS, made_by="evaluate")
@@ -77,6 +81,8 @@ def main() -> None:
                      None if examples.mc_mean is None else examples.mc_mean[:n],
                      None if examples.mc_std is None else examples.mc_std[:n],
                      OUT / "uncertainty.png", cfg.cmap, cfg.dpi)
+    plot_confusion(confusion.get("matrix"), confusion.get("classes"), OUT / "confusion.png",
+                   cfg.dpi)
     write_report(OUT / "report.html", [(caption, OUT / name) for name, caption in FIGURES],
                  metrics, baseline, completeness, baseline_completeness, dump_params(params))
     print(f"plots: wrote {len(FIGURES)} figures and report.html to {OUT}/")

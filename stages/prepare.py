@@ -13,12 +13,11 @@ from astroseg.errors import run_main
 from astroseg.params import DataParams, load_params
 
 OUT = "data/dataset.h5"
-META_DTYPES = {"n_sources": np.uint8, "has_bar": np.bool_, "has_spiral": np.bool_}
 
 
 def prepare_synthetic(p: DataParams) -> dict[str, int]:
     """Render the synthetic splits chunk by chunk, in `data.workers` processes, into OUT."""
-    attrs = {"source": p.source, "class_names": ["background", "source"],
+    attrs = {"source": p.source, "class_names": p.class_names(),
              "normalization": p.normalize, "params": p.record(),
              **({"bands": list(p.bands.names)} if p.bands.names else {})}
     sizes = dict(zip(SPLITS, (p.n_train, p.n_val, p.n_test)))
@@ -27,12 +26,12 @@ def prepare_synthetic(p: DataParams) -> dict[str, int]:
         for split, chunk in generate(p, sizes, resolve_workers(p.workers)):
             if split not in writers:
                 # The truth of every galaxy too: (N, K) rows, K the most galaxies an image has.
-                dtypes = {**META_DTYPES, **{k: np.dtype((np.float32, v.shape[1:]))
-                                            for k, v in chunk.objects.items()}}
+                dtypes = {**{k: v.dtype for k, v in chunk.meta.items()},
+                          **{k: np.dtype((np.float32, v.shape[1:])) for k, v in chunk.objects.items()}}
                 writers[split] = out.split(split, sizes[split], (p.height, p.width), dtypes,
                                            bands=max(1, len(p.bands.names)))
-            meta = {**{k: getattr(chunk, k) for k in META_DTYPES}, **chunk.objects}
-            writers[split].write(chunk.start, chunk.images, chunk.masks, meta)
+            writers[split].write(chunk.start, chunk.images, chunk.masks,
+                                 {**chunk.meta, **chunk.objects})
     return sizes
 
 

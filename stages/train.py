@@ -38,9 +38,10 @@ def _checked_model(params: Params, attrs: dict, image_shape: tuple[int, ...],
     its input channels are the dataset's bands."""
     class_names = attrs.get("class_names", ["background", "source"])
     k = params.model.num_classes
-    if k != 1 and k != len(class_names):
+    if k != len(class_names) and not (k == 1 and len(class_names) == 2):
         raise ParamsError(f"model.num_classes = {k}: {DATA} has {len(class_names)} classes "
-                          f"{class_names}; use 1 (binary) or {len(class_names)}")
+                          f"{class_names}; use {len(class_names)}"
+                          + (" or 1 (binary)" if len(class_names) == 2 else ""))
     config = {**params.model.config(), "image_size": list(image_shape), "in_channels": bands}
     torch.manual_seed(params.train.seed)
     try:

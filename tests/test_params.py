@@ -82,7 +82,7 @@ def test_every_field_is_listed_in_repo_params():
      "data.fits.tile = 100 is not a multiple of 8"),
     ({"plots": {"cmap": "notacmap"}}, "plots.cmap = 'notacmap': not a matplotlib colormap"),
     ({"model": {"num_classes": 3}},
-     "model.num_classes = 3: data.source = synthetic gives 2 classes"),
+     "model.num_classes = 3: data.classes = binary gives 2 classes"),
     ({"plots": {"n_predictions": 9}}, "plots.n_predictions = 9 exceeds evaluate.n_examples = 4"),
     ({"train": {"compile": "yes"}}, "train.compile = 'yes': expected one of false, true, reduce"),
     ({"train": {"data_on_device": 1}}, "train.data_on_device = 1 (int): expected a string"),

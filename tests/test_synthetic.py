@@ -39,10 +39,10 @@ def test_images_are_minmax_normalised_and_masks_binary():
 
 def test_counts_and_feature_rates_follow_the_notebook():
     c = render(DataParams(), "train", range(600))
-    assert set(np.unique(c.n_sources)) == {1, 2, 3}
+    assert set(np.unique(c.meta['n_sources'])) == {1, 2, 3}
     # P(image has a spiral) = E[1 - 0.7^n] over n uniform in {1, 2, 3} = 0.487; bars: 0.608.
-    assert abs(c.has_spiral.mean() - 0.487) < 0.06
-    assert abs(c.has_bar.mean() - 0.608) < 0.06
+    assert abs(c.meta['has_spiral'].mean() - 0.487) < 0.06
+    assert abs(c.meta['has_bar'].mean() - 0.608) < 0.06
     # Mask fraction of a galaxy: area pi * a * b * 2 ln 10 over 128^2 pixels, about 6% per galaxy.
     assert 0.05 < c.masks.mean() < 0.2
 
@@ -54,7 +54,7 @@ def test_bars_and_spirals_change_pixels_but_never_the_mask():
                                spiral=dataclasses.replace(P.spiral, probability=1.0))
     a, b = render(plain, "train", range(8)), render(busy, "train", range(8))
     assert np.array_equal(a.masks, b.masks)
-    assert not a.has_spiral.any() and b.has_spiral.all() and b.has_bar.all()
+    assert not a.meta['has_spiral'].any() and b.meta['has_spiral'].all() and b.meta['has_bar'].all()
     assert not np.allclose(a.images, b.images)
 
 
@@ -89,7 +89,7 @@ def test_truth_per_galaxy_matches_what_was_drawn_and_rendered():
     for name, values in chunk.objects.items():
         assert values.shape == (40, k) and values.dtype == np.float32, name
     present = ~np.isnan(chunk.objects["gal_cx"])
-    assert (present.sum(1) == chunk.n_sources).all()
+    assert (present.sum(1) == chunk.meta['n_sources']).all()
     o = {name: v[present] for name, v in chunk.objects.items()}
     np.testing.assert_allclose(o["gal_flux"], 2 * np.pi * o["gal_a"] * o["gal_b"] * o["gal_peak"],
                                rtol=1e-5)

@@ -40,10 +40,8 @@ class Chunk:
     """Images [start, start + len) of one split, with what each contains."""
     start: int
     images: np.ndarray      # float32 (B, H, W), or (B, C, H, W) for C bands; normalised
-    masks: np.ndarray       # uint8 (B, H, W), 1 = galaxy
-    n_sources: np.ndarray   # uint8 (B,)
-    has_bar: np.ndarray     # bool (B,)
-    has_spiral: np.ndarray  # bool (B,)
+    masks: np.ndarray       # uint8 (B, H, W), class index (1 = galaxy in the seed sky)
+    meta: dict[str, np.ndarray]      # per image (B,): n_sources, has_bar, has_spiral (seed sky)
     objects: dict[str, np.ndarray]   # gal_* -> float32 (B, K): truth per galaxy, NaN-padded
 
 
@@ -292,10 +290,10 @@ def _render(p: DataParams, split: str, indices: range) -> Chunk:
         valid = np.ones(images.shape[-2:], dtype=bool)
         for i in np.ndindex(images.shape[:-2]):
             images[i] = normalize_array(images[i], valid, p.normalize, "synthetic image")[0]
-    return Chunk(start=indices.start, images=images, masks=masks.view(np.uint8),
-                 n_sources=np.array([n for n, _ in draws], np.uint8),
-                 has_bar=np.array([any(d["bar"][:n]) for n, d in draws]),
-                 has_spiral=np.array([any(d["spiral"][:n]) for n, d in draws]),
+    meta = {"n_sources": np.array([n for n, _ in draws], np.uint8),
+            "has_bar": np.array([any(d["bar"][:n]) for n, d in draws]),
+            "has_spiral": np.array([any(d["spiral"][:n]) for n, d in draws])}
+    return Chunk(start=indices.start, images=images, masks=masks.view(np.uint8), meta=meta,
                  objects=truth_table(p, draws))
 
 
@@ -333,5 +331,10 @@ def generate(p: DataParams, sizes: dict[str, int], workers: int = 1
     whatever the sizes are."""
     jobs = [(p, split, range(start, min(n, start + p.chunk)))
             for split, n in sizes.items() for start in range(0, n, p.chunk)]
-    for (_, split, _), chunk in zip(jobs, ordered_map(render, jobs, min(workers, len(jobs)))):
+    if p.sky == "realistic":
+        from astroseg.data.realistic import render as render_realistic
+        chunks = ordered_map(render_realistic, jobs, min(workers, len(jobs)))
+    else:
+        chunks = ordered_map(render, jobs, min(workers, len(jobs)))
+    for (_, split, _), chunk in zip(jobs, chunks):
         yield split, chunk

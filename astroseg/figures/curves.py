@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
+from astroseg.errors import DataError
 from astroseg.figures.plotting import save_png
 
 # The columns each CSV must have (what the evaluate and baseline stages write).
@@ -178,4 +179,28 @@ def plot_completeness(model: dict[str, np.ndarray], baseline: dict[str, np.ndarr
     ax.grid(alpha=0.3)
     if all_snr:
         ax.legend(loc="lower right", fontsize=8)
+    save_png(fig, path, dpi)
+
+
+def plot_confusion(matrix: np.ndarray, class_names: list[str], path: str | os.PathLike,
+                   dpi: int) -> None:
+    """The pixel confusion matrix, each row (true class) normalised to 1, with the counts."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    k = len(class_names)
+    if matrix.shape != (k, k):
+        raise DataError(f"confusion matrix of shape {matrix.shape}: expected ({k}, {k}), one "
+                        f"row and column per class {class_names}; rerun the evaluate stage")
+    rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig = Figure(figsize=(1.4 * k + 2.6, 1.2 * k + 1.6), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{rows[i, j]:.3f}\n{int(matrix[i, j]):,}", ha="center", va="center",
+                    fontsize=8, color="white" if rows[i, j] > 0.6 else "black")
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted class", ylabel="true class")
+    ax.set_xticklabels(class_names, rotation=30, ha="right")
+    ax.set_yticklabels(class_names)
+    ax.set_title("Pixel confusion, test split (rows sum to 1; counts below)", fontsize=10)
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
     save_png(fig, path, dpi)

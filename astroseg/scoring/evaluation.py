@@ -13,8 +13,8 @@ from torch import nn
 
 from astroseg.data.dataset import Split, as_channels
 from astroseg.scoring.losses import probabilities, segmentation_loss
-from astroseg.scoring.metrics import (SCORES, confusion_counts, pooled_scores, predict_labels,
-                              scores_from_counts)
+from astroseg.scoring.metrics import (SCORES, confusion_counts, confusion_matrix, pooled_scores,
+                                     predict_labels, scores_from_counts)
 from astroseg.params import LossParams
 from astroseg.models.symmetry import averaged_logits
 
@@ -32,6 +32,7 @@ class Evaluation:
     labels: np.ndarray               # (keep, H, W) uint8 predicted class
     mc_mean: np.ndarray | None = None  # (keep, H, W) float32 MC-dropout mean and standard
     mc_std: np.ndarray | None = None   # deviation of that probability (Science.mc_samples)
+    confusion: np.ndarray | None = None  # (K, K) int64 pixels, rows true, columns predicted
 
     def summary(self, where: np.ndarray | None = None) -> dict[str, float]:
         """Mean loss and scores over images (or the boolean subset `where`), then over classes."""
@@ -46,8 +47,13 @@ class Evaluation:
         return pooled_scores(torch.from_numpy(self.counts[sel]))
 
     def per_class(self, class_names: list[str]) -> dict[str, dict[str, float]]:
-        """Scores of each foreground class, averaged over images."""
-        return {name: {s: float(self.scores[s][:, i].mean()) for s in SCORES}
+        """Scores of each foreground class, averaged over images (an image where the class is
+        neither true nor predicted scores 1) and of its pixels pooled over images (pooled_*:
+        the fair score of a rare class), and its true pixel count."""
+        pooled = scores_from_counts(torch.from_numpy(self.counts.sum(0)))
+        return {name: {**{s: float(self.scores[s][:, i].mean()) for s in SCORES},
+                       **{f"pooled_{s}": float(pooled[s][i]) for s in SCORES},
+                       "pixels": int(self.counts[:, i, [0, 2]].sum())}
                 for i, name in enumerate(class_names[1:])}
 
 
@@ -82,6 +88,7 @@ def evaluate_tensors(model: nn.Module, images: torch.Tensor, masks: torch.Tensor
     images[0] in the split (for its per-object truth)."""
     model.eval()
     losses, counts, fg, labels, mc = [], [], [], [], []
+    k = None
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
         y = masks[start:start + batch_size].to(device)
@@ -91,6 +98,8 @@ def evaluate_tensors(model: nn.Module, images: torch.Tensor, masks: torch.Tensor
         # Results stay on the device until the end: one wait for a GPU, not one per batch.
         losses.append(segmentation_loss(logits, y, loss))
         counts.append(confusion_counts(pred, y[:, 0], max(2, logits.shape[1])))
+        matrix = confusion_matrix(pred, y[:, 0], max(2, logits.shape[1]))
+        k = matrix if k is None else k + matrix
         extra = science.add(model, x, y, logits, pred, offset + start, temperature) \
             if science is not None else ()
         if start < keep:
@@ -110,6 +119,7 @@ def evaluate_tensors(model: nn.Module, images: torch.Tensor, masks: torch.Tensor
         labels=torch.cat(labels).cpu().numpy() if labels else empty.astype(np.uint8),
         mc_mean=torch.cat([m for m, _ in mc]).cpu().numpy() if mc else None,
         mc_std=torch.cat([s for _, s in mc]).cpu().numpy() if mc else None,
+        confusion=k.cpu().numpy() if k is not None else None,
     )
 
 
@@ -143,9 +153,11 @@ def concat(parts: list[Evaluation]) -> Evaluation:
     counts = np.concatenate([p.counts for p in parts])
     scores = scores_from_counts(torch.from_numpy(counts))
     mc = [p for p in parts if p.mc_mean is not None]
+    matrices = [p.confusion for p in parts if p.confusion is not None]
     return Evaluation(loss=np.concatenate([p.loss for p in parts]),
                       scores={k: v.numpy() for k, v in scores.items()}, counts=counts,
                       foreground=np.concatenate([p.foreground for p in parts]),
                       labels=np.concatenate([p.labels for p in parts]),
                       mc_mean=np.concatenate([p.mc_mean for p in mc]) if mc else None,
-                      mc_std=np.concatenate([p.mc_std for p in mc]) if mc else None)
+                      mc_std=np.concatenate([p.mc_std for p in mc]) if mc else None,
+                      confusion=sum(matrices) if matrices else None)

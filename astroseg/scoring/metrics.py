@@ -36,6 +36,14 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_labels: int =
     return torch.stack(counts, 1)
 
 
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """(K, K) int64 pixel counts, rows the true class and columns the predicted one; pixels
+    whose target is IGNORE are left out."""
+    known = target != IGNORE
+    pairs = target[known].long() * num_labels + pred[known].long()
+    return torch.bincount(pairs, minlength=num_labels ** 2).reshape(num_labels, num_labels)
+
+
 def _ratio(num: torch.Tensor, den: torch.Tensor, both_empty: torch.Tensor) -> torch.Tensor:
     undefined = both_empty.to(torch.float64)   # 0/0: 1 if nothing was there and nothing found
     return torch.where(den > 0, num / den.clamp(min=1), undefined)

@@ -181,12 +181,14 @@ def truth_objects(meta: dict[str, np.ndarray], i: int
                   ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(centres (M, 2) y, x; snr (M,)) of image i from the dataset meta, or (None, None) when
     the meta holds no per-object truth (FITS data)."""
-    if "gal_cx" not in meta or "gal_cy" not in meta:
+    # gal_*: the seed sky's galaxies; obj_*: the realistic sky's galaxies and stars.
+    prefix = next((p for p in ("gal_", "obj_") if p + "cx" in meta and p + "cy" in meta), None)
+    if prefix is None:
         return None, None
-    cx = np.asarray(meta["gal_cx"][i], dtype=np.float64).reshape(-1)
-    cy = np.asarray(meta["gal_cy"][i], dtype=np.float64).reshape(-1)
-    keep = np.isfinite(cx) & np.isfinite(cy)   # NaN pads images with fewer than K galaxies
+    cx = np.asarray(meta[prefix + "cx"][i], dtype=np.float64).reshape(-1)
+    cy = np.asarray(meta[prefix + "cy"][i], dtype=np.float64).reshape(-1)
+    keep = np.isfinite(cx) & np.isfinite(cy)   # NaN pads images with fewer than K objects
     centres = np.stack([cy[keep], cx[keep]], 1)
-    if "gal_snr" not in meta:
+    if prefix + "snr" not in meta:
         return centres, None
-    return centres, np.asarray(meta["gal_snr"][i], dtype=np.float64).reshape(-1)[keep]
+    return centres, np.asarray(meta[prefix + "snr"][i], dtype=np.float64).reshape(-1)[keep]
