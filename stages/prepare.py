@@ -8,6 +8,7 @@ import numpy as np
 from astroseg.data.dataset import SPLITS, DatasetWriter
 from astroseg.data.fits_source import write_fits_dataset
 from astroseg.data.parallel import resolve_workers
+from astroseg.data.realistic import render as render_realistic
 from astroseg.data.synthetic import generate
 from astroseg.errors import run_main
 from astroseg.params import DataParams, load_params
@@ -23,7 +24,8 @@ def prepare_synthetic(p: DataParams) -> dict[str, int]:
     sizes = dict(zip(SPLITS, (p.n_train, p.n_val, p.n_test)))
     with DatasetWriter(OUT, attrs) as out:
         writers = {}
-        for split, chunk in generate(p, sizes, resolve_workers(p.workers)):
+        renderer = render_realistic if p.sky == "realistic" else None
+        for split, chunk in generate(p, sizes, resolve_workers(p.workers), renderer):
             if split not in writers:
                 # The truth of every galaxy too: (N, K) rows, K the most galaxies an image has.
                 dtypes = {**{k: v.dtype for k, v in chunk.meta.items()},

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -324,17 +324,14 @@ def truth_table(p: DataParams, draws: list[tuple[int, dict[str, list]]]) -> dict
     return out
 
 
-def generate(p: DataParams, sizes: dict[str, int], workers: int = 1
+def generate(p: DataParams, sizes: dict[str, int], workers: int = 1,
+             renderer: Callable[[DataParams, str, range], Chunk] | None = None
              ) -> Iterator[tuple[str, Chunk]]:
     """Yield (split, chunk) for the first `sizes[split]` images of each split, in order, in
-    chunks of `p.chunk` rendered by `workers` processes; memory holds a few chunks per worker,
-    whatever the sizes are."""
+    chunks of `p.chunk` rendered by `workers` processes (with `renderer`, default this seed
+    sky's `render`); memory holds a few chunks per worker, whatever the sizes are."""
     jobs = [(p, split, range(start, min(n, start + p.chunk)))
             for split, n in sizes.items() for start in range(0, n, p.chunk)]
-    if p.sky == "realistic":
-        from astroseg.data.realistic import render as render_realistic
-        chunks = ordered_map(render_realistic, jobs, min(workers, len(jobs)))
-    else:
-        chunks = ordered_map(render, jobs, min(workers, len(jobs)))
+    chunks = ordered_map(renderer or render, jobs, min(workers, len(jobs)))
     for (_, split, _), chunk in zip(jobs, chunks):
         yield split, chunk
