@@ -266,12 +266,37 @@ def _predict_survey(args: argparse.Namespace) -> int:
 def _make_sky(args: argparse.Namespace) -> None:
     from astroseg.errors import ParamsError
     from astroseg.data.sky import write_sky
+    from astroseg.params import RealisticParams, parse_section
 
     if args.fields < 1 or args.size < 32:
         raise ParamsError("--fields must be >= 1 and --size >= 32")
-    paths = write_sky(args.outdir, args.fields, args.size, args.seed, overwrite=args.overwrite)
+    realistic = None
+    if args.sky == "realistic":
+        realistic = parse_section(RealisticParams, _key_values(args.set, "--set"),
+                                  "data.realistic")
+    elif args.set:
+        raise ParamsError("--set changes data.realistic: give --sky realistic too")
+    paths = write_sky(args.outdir, args.fields, args.size, args.seed, overwrite=args.overwrite,
+                      realistic=realistic)
     print(f"{args.outdir}: wrote {len(paths)} fields of {args.size}x{args.size} "
-          f"(images/*.fits, masks/*.fits)")
+          f"({args.sky} sky; images/*.fits, masks/*.fits)")
+
+
+def _key_values(items: list[str], option: str) -> dict[str, object]:
+    """KEY=VALUE strings as a mapping, each value read as YAML (`fwhm=[1.5,3]` is a list)."""
+    import yaml
+    from astroseg.errors import ParamsError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"{option} {item!r}: expected KEY=VALUE, e.g. fwhm=[1.5,3.0]")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ParamsError(f"{option} {item!r}: the value is not YAML") from None
+    return out
 
 
 def _label(args: argparse.Namespace) -> int:
@@ -403,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     sky.add_argument("--seed", type=int, default=0, help="random seed")
     sky.add_argument("--overwrite", action="store_true", help="replace the fields an earlier "
                      "make-sky wrote there (field_*.fits) instead of refusing")
+    sky.add_argument("--sky", choices=("seed", "realistic"), default="seed", help="seed: the "
+                     "notebook's galaxies in counts; realistic: a survey frame (PSF, Sérsic "
+                     "galaxies, stars, sky and noise in counts; masks hold the classes)")
+    sky.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="with --sky realistic: a data.realistic param, e.g. --set "
+                     "fwhm=[1.5,2.5] --set sky=[10,100] for space-like frames")
     sky.set_defaults(func=_make_sky)
     lab = sub.add_parser("label", help="bootstrap masks for images without any: a photutils "
                          "segmentation map per image, SExtractor-style",

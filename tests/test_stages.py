@@ -13,7 +13,7 @@ from conftest import run_stage, tiny_params, write_params
 
 FIGURES = ["plots/training_curves.png", "plots/samples.png", "plots/predictions.png",
            "plots/pr_curve.png", "plots/reliability.png", "plots/completeness.png",
-           "plots/uncertainty.png"]
+           "plots/uncertainty.png", "plots/confusion.png"]
 OUTPUTS = ["data/dataset.h5", "models/model.pt", "metrics/train_history.tsv",
            "metrics/metrics.json", "metrics/test_predictions.h5", *FIGURES, "plots/report.html"]
 
@@ -50,7 +50,7 @@ def _snapshot(directory, names):
     # What a later stage would refuse stops the first stage, before it writes anything.
     ("prepare", {"data": {"height": 100}}, "data.height = 100 is not a multiple of 8"),
     ("prepare", {"plots": {"cmap": "notacmap"}}, "plots.cmap = 'notacmap'"),
-    ("prepare", {"model": {"num_classes": 3}}, "model.num_classes = 3: data.source"),
+    ("prepare", {"model": {"num_classes": 3}}, "model.num_classes = 3: data.classes"),
     ("prepare", {"train": {"lr": "1e-3x"}}, "train.lr = '1e-3x' (str): expected float"),
 ])
 def test_bad_params_exit_nonzero_and_leave_outputs_untouched(pipeline_outputs, tmp_path, stage,
@@ -97,4 +97,4 @@ def test_two_class_softmax_runs_end_to_end_and_wrong_k_is_refused(pipeline_outpu
     write_params(work, tiny_params(model={"num_classes": 3}))
     result = run_stage("train", work)
     assert result.returncode == 2
-    assert "model.num_classes = 3: data.source = synthetic gives 2 classes" in result.stderr
+    assert "model.num_classes = 3: data.classes = binary gives 2 classes" in result.stderr

@@ -12,7 +12,7 @@ window by window gets the same input as the tiles the model was trained on.
           (astropy AsinhStretch) that is linear near the noise and logarithmic for bright
           sources: real dynamic range without losing the faint edges that define a mask.
   noise   background-subtracted and in units of the background noise, then asinh-stretched:
-          asinh((x - sky) / sigma) / asinh(1e6). sky and sigma are medians over 64-pixel runs
+          asinh((x - sky) / sigma) / asinh(1e6). sky and sigma are medians over 128-pixel runs
           of the field (median and MAD of each run), so a sky gradient or a crowd of sources
           does not inflate sigma. Unlike the others it does not depend on the brightest pixels
           or on the field's size: a 1.5-sigma isophote maps to the same value in a 128-pixel
@@ -36,7 +36,7 @@ ASINH_A = 0.1            # AsinhStretch's `a`: where the stretch turns from line
 MAX_SAMPLE = 2_000_000   # pixels used for robust statistics of a big field
 _EPS = 1e-6              # keeps a constant field finite; the seed's min-max used the same
 NOISE_TOP = 1e6          # noise: the S/N per pixel mapped to 1
-NOISE_RUN = 64           # noise: pixels per run whose median and MAD give the local sky and sigma
+NOISE_RUN = 128          # noise: pixels per run whose median and MAD give the local sky and sigma
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,12 @@ def fit(method: str, lo: float, hi: float, sample: np.ndarray) -> Normalization:
 def sky_and_noise(sample: np.ndarray) -> tuple[float, float]:
     """Sky level and per-pixel noise sigma of valid pixels in raster order: the medians of the
     median and of 1.4826 x MAD over runs of NOISE_RUN pixels (sources and gradients are local,
-    so most runs are sky); the clipped std if the pixels are too quantised for a MAD."""
+    so most runs are sky); the clipped std if even that finds no spread."""
     x = np.asarray(sample, dtype=np.float64).ravel()
+    if x.size and np.array_equal(x, np.round(x)):
+        # Integer counts: the median of a run is an integer, up to half a count off the sky,
+        # which is several sigma of a low-noise frame. A fixed dither of +-0.5 undoes that.
+        x = x + (np.random.default_rng(0).random(x.size) - 0.5)
     runs = x[:len(x) // NOISE_RUN * NOISE_RUN].reshape(-1, NOISE_RUN) if len(x) >= NOISE_RUN \
         else x[None]
     med = np.median(runs, axis=1)

@@ -14,8 +14,12 @@ one range spans shallow and deep frames. The electrons get Poisson noise (source
 Gaussian read noise, saturate at the full well, and are written in counts (ADU).
 
 Truth, as an astronomer's isophotal segmentation defines it: a pixel is a source where the
-noiseless, PSF-convolved model of all sources exceeds `mask_nsigma` x sigma, in connected
-components of at least `mask_npixels` pixels (8-connected). Its class (data.classes:
+noiseless, PSF-convolved model of all sources exceeds `mask_nsigma` x the background noise, in
+connected components of at least `mask_npixels` pixels (8-connected). The background level and
+noise are those measured on the noisy frame, as SExtractor or photutils would measure them
+(and as the `noise` normalisation does, astroseg.data.normalize.sky_and_noise): in a crowded
+field the unresolved faint galaxies raise both, by up to half the read and sky noise, and the
+isophote an astronomer draws rises with them. Its class (data.classes:
 morphology) is the component that gives it the most light: galaxy, star, or artifact (cosmic
 ray or streak); `binary` masks are all of them as "source". Per object, the table records the
 centre, its flux (the sum of its noiseless model inside the frame, in ADU) and its isophotal
@@ -31,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from astroseg.data import profiles
-from astroseg.data.normalize import normalize_array
+from astroseg.data.normalize import normalize_array, sky_and_noise
 from astroseg.data.synthetic import Chunk, image_stream
 from astroseg.params import DataParams, RealisticParams
 
@@ -71,7 +75,9 @@ class Scene:
     gain: float
     read_noise: float
     bias: float                 # ADU
-    sigma: float                # background noise, electrons per pixel
+    sigma: float                # background noise, electrons per pixel (sky + read noise)
+    threshold: float            # the truth isophote above the sky, electrons (measured level
+                                # and noise of the frame; module docstring)
     saturation: float           # ADU at which pixels saturate
     cosmic_rays: int = 0
     has_streak: bool = False
@@ -196,9 +202,12 @@ def render_scene(r: RealisticParams, shape: tuple[int, int], rng: np.random.Gene
     if rng.random() < 0.5:
         np.round(counts, out=counts)             # raw frames are integers
 
-    classes = _truth_classes(light, r.mask_nsigma * sigma, r.mask_npixels)
-    scene = Scene(counts.astype(np.float32), classes, noiseless, sources, psf, sky, gain,
-                  read_noise, bias, sigma, full_well / gain + bias, n_cr, has_streak)
+    counts = counts.astype(np.float32)
+    level, noise = sky_and_noise(counts)     # as measured on the frame, in counts
+    threshold = (level - (sky / gain + bias) + r.mask_nsigma * noise) * gain
+    classes = _truth_classes(light, threshold, r.mask_npixels)
+    scene = Scene(counts, classes, noiseless, sources, psf, sky, gain, read_noise, bias, sigma,
+                  threshold, full_well / gain + bias, n_cr, has_streak)
     scene.truth = _truth_table(scene, r, bool(saturated.any()))
     return scene
 
@@ -226,7 +235,7 @@ def _truth_table(scene: Scene, r: RealisticParams, saturated: bool) -> dict[str,
     """obj_* per object whose centre pixel lies in the truth mask, brightest first, and the
     per-image META_FIELDS."""
     h, w = scene.classes.shape
-    threshold = r.mask_nsigma * scene.sigma
+    threshold = scene.threshold
     rows = []
     for s in scene.sources:
         iy, ix = round(s.cy), round(s.cx)

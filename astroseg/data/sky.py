@@ -9,6 +9,9 @@ written the way real archives write images, so the reader's handling of them is 
   - a sky background and gain, so raw values are counts, not [0, 1].
 Masks are 0/1 uint8 FITS images of the same name with the same WCS.
 
+`--sky realistic` writes fields of the realistic sky instead (astroseg.data.realistic): float32
+counts with the instrument (gain, read noise, sky, PSF) in the header, and class masks.
+
 Galaxies are drawn per BLOCK x BLOCK block (so the draws of a big field stay bounded) but each
 is rendered whole on the field, in a box around its centre, so sources cross block edges
 without a seam. A spiral's ridges fade out by SPIRAL_RADIUS pixels from its centre (in the
@@ -28,7 +31,8 @@ from astropy.wcs import WCS
 from astroseg.atomic import atomic_output
 from astroseg.errors import DataError
 from astroseg.data.fits_io import PNG_SUFFIXES, is_fits
-from astroseg.params import DataParams
+from astroseg.data.realistic import render_scene
+from astroseg.params import DataParams, RealisticParams
 
 SKY_LEVEL = 200.0      # counts
 GAIN = 1000.0          # counts per unit of the synthetic flux
@@ -149,14 +153,43 @@ def _clear_earlier_fields(outdir: Path, overwrite: bool) -> None:
         f.unlink()
 
 
+def _write_realistic(outdir: Path, i: int, size: int, seed: int, r: RealisticParams) -> Path:
+    """One field of the realistic sky (astroseg.data.realistic): float32 counts with a WCS and
+    the instrument in the header; its mask holds the morphology classes (0 sky, 1 galaxy,
+    2 star, 3 artifact), so `> 0` is the binary truth."""
+    scene = render_scene(r, (size, size), np.random.default_rng([seed, i, 4]))
+    header = field_wcs(i, size, np.random.default_rng([seed, i, 2])).to_header()
+    header["BUNIT"] = ("count", "detector counts (ADU)")
+    header["OBJECT"] = f"astroseg realistic field {i}"
+    header["ORIGIN"] = "astroseg make-sky --sky realistic"
+    header["GAIN"] = (round(scene.gain, 4), "electrons per count")
+    header["RDNOISE"] = (round(scene.read_noise, 3), "read noise (electrons)")
+    header["SKYLEVEL"] = (round(scene.sky, 3), "sky (electrons per pixel)")
+    header["PSFFWHM"] = (round(scene.psf.fwhm, 4), "PSF FWHM (pixels)")
+    header["PSFBETA"] = (round(scene.psf.beta, 4), "Moffat beta (0 = Gaussian PSF)")
+    header["SATURATE"] = (round(scene.saturation, 3), "saturation level (counts)")
+    name = f"field_{i:02d}.fits"
+    mask_header = header.copy()
+    mask_header["CLASSES"] = ("0 sky, 1 galaxy, 2 star, 3 artifact", "mask values")
+    for sub, hdul in (("images", _hdus(scene.counts, header, False)),
+                      ("masks", _hdus(scene.classes, mask_header, False))):
+        with atomic_output(outdir / sub / name) as tmp:
+            hdul.writeto(tmp)
+    return outdir / "images" / name
+
+
 def write_sky(outdir: str | os.PathLike, n_fields: int = 6, size: int = 512,
-              seed: int = 0, overwrite: bool = False) -> list[Path]:
+              seed: int = 0, overwrite: bool = False,
+              realistic: RealisticParams | None = None) -> list[Path]:
     """Write `n_fields` example fields to OUTDIR/images and OUTDIR/masks; return image paths.
 
+    `realistic`: fields of the realistic sky with those params, else of the seed's sky.
     Refuses a directory with earlier fields unless `overwrite` (which deletes them first).
     """
     outdir = Path(outdir)
     _clear_earlier_fields(outdir, overwrite)
+    if realistic is not None:
+        return [_write_realistic(outdir, i, size, seed, realistic) for i in range(n_fields)]
     paths = []
     for i in range(n_fields):
         counts, mask, missing = render_field(i, size, seed)
