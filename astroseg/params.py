@@ -119,7 +119,7 @@ class RealisticParams:
     full_well: tuple[float, float] = _p((2e4, 2e5), gt=0, ordered=True)  # electrons: saturation
     gradient: tuple[float, float] = _p((0.0, 3.0), ge=0, ordered=True)   # sky slope across the
                                             # image, in sigma
-    galaxies: tuple[float, float] = _p((4.0, 200.0), ge=0, ordered=True)  # mean per 128^2 px
+    galaxies: tuple[float, float] = _p((4.0, 400.0), ge=0, ordered=True)  # mean per 128^2 px
     galaxy_flux: tuple[float, float] = _p((2.0, 1e5), gt=0, ordered=True)  # x sigma
     galaxy_slope: tuple[float, float] = _p((0.4, 1.2), gt=0, ordered=True)  # N(>F) ~ F^-slope
     sersic_n: tuple[float, float] = _p((0.5, 4.0), ge=0.3, le=8, ordered=True)
@@ -127,7 +127,7 @@ class RealisticParams:
                                             # (pixels) at 100 sigma; grows as flux^0.3
     axis_ratio: tuple[float, float] = _p((0.2, 1.0), gt=0, le=1, ordered=True)
     bulge: float = _p(0.3, ge=0, le=1)      # fraction of galaxies drawn as bulge + disc
-    stars: tuple[float, float] = _p((0.0, 20.0), ge=0, ordered=True)   # mean per 128^2 px
+    stars: tuple[float, float] = _p((0.5, 300.0), ge=0, ordered=True)   # mean per 128^2 px
     star_flux: tuple[float, float] = _p((3.0, 1e7), gt=0, ordered=True)   # x sigma
     star_slope: tuple[float, float] = _p((0.3, 0.8), gt=0, ordered=True)
     correlated_noise: float = _p(0.3, ge=0, le=1)   # probabilities per image: drizzle-like

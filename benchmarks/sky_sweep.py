@@ -1,10 +1,11 @@
 """Variants of the realistic sky, each trained and scored zero-shot on real frames, in one run.
 
-    python benchmarks/sky_sweep.py --frames F1 F2 ... --variant NAME 'key=value ...' ...
+    python benchmarks/sky_sweep.py [--frames F1 F2 ...] [--keep DIR] --variant NAME 'key=value ...' ...
 
 Each variant is presets/realistic.txt plus its own `key=value` overrides (what `dvc exp run
 -S` takes), run as prepare + train in a temp folder (the stage scripts, as `dvc repro` runs
-them), then benchmarks/zero_shot.py on the frames. Meant for a GPU, where one variant takes a
+them), then benchmarks/zero_shot.py on the frames (without --frames, its own space and ground groups of
+real frames). --keep DIR keeps each variant's folder (params, dataset, model) as DIR/NAME. Meant for a GPU, where one variant takes a
 minute or two; choosing among variants by real frames is choosing on what the check measures,
 so keep the frames and the ranges wide and report every variant (docs/tuning.md).
 """
@@ -45,7 +46,8 @@ def run(cmd: list[str], cwd: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--frames", nargs="+", required=True)
+    ap.add_argument("--frames", nargs="+", default=[])
+    ap.add_argument("--keep", type=Path, help="keep each variant's folder as KEEP/NAME")
     ap.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "OVERRIDES"),
                     required=True)
     ap.add_argument("--preset", default=str(ROOT / "presets/realistic.txt"))
@@ -53,7 +55,8 @@ def main() -> None:
     preset = [line for line in Path(args.preset).read_text().splitlines() if line.strip()]
     for name, overrides in args.variant:
         with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
+            work = args.keep / name if args.keep else Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
             params = yaml.safe_load((ROOT / "params.yaml").read_text())
             for line in preset + overrides.split():
                 apply(params, line)

@@ -8,8 +8,10 @@ benchmarks/label_agreement.py: background and RMS meshes of BACK_SIZE 64 (one gl
 3-sigma-clipped level on a frame under 128 pixels a side), the background-subtracted image
 filtered with default.conv (1 2 1 / 2 4 2 / 1 2 1), and pixels above DETECT_THRESH 1.5 x the RMS
 in 8-connected groups of DETECT_MINAREA 5. With no frames it uses the real images astropy
-ships for its tests (none of them in this repo, none seen in training):
-  - space: HST WFPC2 chips (test0.fits, four 40x40 SCI extensions, one frame each);
+and scikit-image ship (none of them in this repo, none seen in training):
+  - space: the Hubble eXtreme Deep Field (scikit-image's hubble_deep_field.jpg, 872x1000: the
+    press image, so display-stretched 8-bit colour; the sum of its R, G and B, written to a
+    temp FITS file) and HST WFPC2 chips (test0.fits, four 40x40 SCI extensions);
   - ground: M13 (m13.fits, 300x300), a UK Schmidt DSS plate (100x100), an Apogee CCD frame
     (sip-wcs.fits, 50x100), NGC 1316 from a photographic plate (comp.fits, 300x440);
 plus any make-sky fields given on the command line. Prints one line per frame and the IoU
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import astropy
 import numpy as np
+import skimage
 from astropy.convolution import convolve
 from astropy.io import fits
 from photutils.segmentation import detect_sources
@@ -34,6 +37,7 @@ from astroseg.data.fits_io import parse_hdu, read_image
 from astroseg.data.labeling import background
 
 ASTROPY = Path(astropy.__file__).parent
+XDF = Path(skimage.__file__).parent / "data" / "hubble_deep_field.jpg"
 SPACE = [f"{ASTROPY}/io/fits/tests/data/test0.fits,{i}" for i in (1, 2, 3, 4)]
 GROUND = [f"{ASTROPY}/io/fits/hdu/compressed/tests/data/m13.fits",
           f"{ASTROPY}/wcs/tests/data/dss.14.29.56-62.41.05.fits.gz",
@@ -51,6 +55,17 @@ def sextractor_style(path: str, hdu: int | str | None) -> np.ndarray:
     return np.zeros(data.shape, bool) if segm is None else segm.data > 0
 
 
+def xdf_frame(tmp: Path) -> list[str]:
+    """The XDF press image as a one-plane FITS frame in `tmp` (R + G + B, integers), if the
+    installed scikit-image ships it."""
+    if not XDF.exists():
+        return []
+    from skimage.io import imread
+    path = tmp / "hubble_deep_field.fits"
+    fits.writeto(path, imread(XDF).astype(np.int16).sum(axis=2))
+    return [str(path)]
+
+
 def split_frame(spec: str) -> tuple[str, str | None]:
     """FRAME or FRAME,HDU."""
     path, _, hdu = spec.partition(",")
@@ -63,8 +78,9 @@ def main() -> None:
     ap.add_argument("--model", default="models/model.pt")
     ap.add_argument("--window", type=int, default=256)
     args = ap.parse_args()
-    groups = {"frames": args.frames} if args.frames else {"space": SPACE, "ground": GROUND}
     with tempfile.TemporaryDirectory() as tmp:
+        groups = {"frames": args.frames} if args.frames else \
+            {"space": xdf_frame(Path(tmp)) + SPACE, "ground": GROUND}
         for group, frames in groups.items():
             inter = union = 0
             for k, spec in enumerate(frames):

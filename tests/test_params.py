@@ -155,3 +155,26 @@ def test_yaml_booleans_choose_true_or_false_and_the_lr_follows_the_batch(tmp_pat
     sqrt = dataclasses.replace(params.train, lr_scaling="sqrt", lr_batch=16)
     assert sqrt.peak_lr() == pytest.approx(0.004)
     assert dataclasses.replace(sqrt, lr_scaling="linear").peak_lr() == pytest.approx(0.008)
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "presets").glob("*.txt")))
+def test_each_preset_line_is_a_dvc_set_param_that_validates(tmp_path, preset):
+    # presets/*.txt are applied as `dvc exp run -S LINE ...`: DVC's own override parser must
+    # take every line, and the result must pass validation with the keys the preset names.
+    from dvc.utils.hydra import apply_overrides
+
+    lines = [line.strip() for line in (ROOT / "presets" / preset).read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines and all("=" in line for line in lines)
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(path, lines)
+    params = load_params(path)
+    assert params.data.sky == "realistic"
+    for line in lines:
+        key, _, value = line.partition("=")
+        node = params
+        for part in key.split("."):
+            node = getattr(node, part)
+        expected = yaml.safe_load(value)
+        assert node == (tuple(expected) if isinstance(node, tuple) else expected), key
