@@ -59,6 +59,9 @@ def test_recorded_flux_is_the_sum_of_each_sources_noiseless_model():
             inside = np.zeros((h, w))
             profiles.add_stamp(inside, s.model, s.y0, s.x0)
             assert table["obj_flux"][row] == pytest.approx(inside.sum() / scene.gain, rel=1e-5)
+            # Each object crosses the isophote by its own light, so its S/N is positive.
+            own = inside[inside > scene.threshold]
+            assert own.size >= r.mask_npixels and table["obj_snr"][row] > 0
             checked += 1
     assert checked > 10
 

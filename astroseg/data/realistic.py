@@ -23,7 +23,9 @@ isophote an astronomer draws rises with them. Its class (data.classes:
 morphology) is the component that gives it the most light: galaxy, star, or artifact (cosmic
 ray or streak); `binary` masks are all of them as "source". Per object, the table records the
 centre, its flux (the sum of its noiseless model inside the frame, in ADU) and its isophotal
-S/N (flux over noise inside its own isophote), for those whose centre lies in the mask.
+S/N (flux over noise inside its own isophote), for those whose centre lies in the mask and
+whose own light crosses the isophote on `mask_npixels` pixels (a faint galaxy that is in the
+mask only on a brighter one's light is part of that object, not one of its own).
 """
 
 from __future__ import annotations
@@ -232,8 +234,9 @@ def _truth_classes(light: np.ndarray, threshold: float, npixels: int) -> np.ndar
 
 
 def _truth_table(scene: Scene, r: RealisticParams, saturated: bool) -> dict[str, np.ndarray]:
-    """obj_* per object whose centre pixel lies in the truth mask, brightest first, and the
-    per-image META_FIELDS."""
+    """obj_* per object whose centre pixel lies in the truth mask and whose own light exceeds
+    the isophote on at least `mask_npixels` pixels, brightest first, and the per-image
+    META_FIELDS."""
     h, w = scene.classes.shape
     threshold = scene.threshold
     rows = []
@@ -244,7 +247,11 @@ def _truth_table(scene: Scene, r: RealisticParams, saturated: bool) -> dict[str,
         ys, xs = profiles.add_stamp(np.zeros((h, w)), s.model, s.y0, s.x0)
         inside = s.model[ys.start - s.y0:ys.stop - s.y0, xs.start - s.x0:xs.stop - s.x0]
         own = inside[inside > threshold]
-        snr = own.sum() / math.sqrt(own.size * scene.sigma ** 2 + own.sum()) if own.size else 0.0
+        if own.size < r.mask_npixels:
+            # Above the isophote only on a brighter neighbour's light: not an object of its
+            # own that a catalogue could list, and its S/N would be 0 (completeness.csv).
+            continue
+        snr = own.sum() / math.sqrt(own.size * scene.sigma ** 2 + own.sum())
         rows.append((s.cx, s.cy, s.kind, inside.sum() / scene.gain, snr, s.radius, s.sersic,
                      s.axis_ratio))
     rows.sort(key=lambda row: -row[3])
