@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=8, help="images (or windows) per forward "
                       "pass")
     pred.add_argument("--threshold", type=float, default=0.5,
-                      help="probability at or above which a pixel is a source in the mask")
+                      help="probability at or above which a pixel is a source in the mask "
+                      "(binary models; a multi-class model's mask is the most probable class)")
     pred.add_argument("--window", type=int, default=256, help="FITS: window side (pixels), "
                       "rounded up to a multiple of the model's stride")
     pred.add_argument("--overlap", type=int, default=32, help="FITS: window overlap (pixels)")

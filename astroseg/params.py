@@ -235,6 +235,11 @@ class DataParams:
             if self.bands.names:
                 raise ParamsError(f"data.bands.names = {list(self.bands.names)}: the realistic "
                                   "sky renders one band; use data.sky = seed for several")
+            r = self.realistic
+            if r.sky[1] <= 0 and r.read_noise[1] <= 0:
+                raise ParamsError(f"data.realistic.sky = {list(r.sky)} with data.realistic."
+                                  f"read_noise = {list(r.read_noise)}: a frame without sky or "
+                                  "read noise has no noise to measure fluxes in; raise either")
             return
         if self.classes == "morphology":
             raise ParamsError(f"data.classes = morphology with data.source = {self.source}, "

@@ -50,6 +50,9 @@ def test_every_field_is_listed_in_repo_params():
 
 @pytest.mark.parametrize("override, message", [
     ({"train": {"lrr": 0.1}}, "train.lrr: unknown key"),
+    ({"data": {"sky": "realistic", "normalize": "noise",
+               "realistic": {"sky": [0, 0], "read_noise": [0, 0]}}},
+     "data.realistic.sky = [0.0, 0.0] with data.realistic.read_noise = [0.0, 0.0]"),
     ({"bogus": {}}, "bogus: unknown key"),
     ({"train": {"epochs": 0}}, "train.epochs = 0 is out of range: expected >= 1"),
     ({"train": {"epochs": 2.5}}, "train.epochs = 2.5: expected an integer"),

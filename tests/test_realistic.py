@@ -190,3 +190,52 @@ def test_morphology_needs_the_realistic_sky_and_minmax_is_refused_for_it(tmp_pat
     result = run_stage("prepare", tmp_path)
     assert result.returncode == 2 and "data.normalize = minmax with data.sky = realistic" \
         in result.stderr
+
+
+@pytest.mark.parametrize("case", ["zero padding", "bscale 2", "step 0.01"])
+def test_noise_is_measured_right_on_padded_and_quantised_frames(case):
+    # Real frames: a mosaic or drizzled frame padded with exact 0 where nothing was observed,
+    # and data stored in steps other than 1 (BSCALE): the measured sigma stays the true one.
+    rng = np.random.default_rng(3)
+    sigma, sky = {"zero padding": (0.005, 0.02), "bscale 2": (1.0, 500.0),
+                  "step 0.01": (0.003, 0.5)}[case]
+    frame = sky + sigma * rng.standard_normal((512, 512))
+    if case == "zero padding":
+        frame[:, :300] = 0.0                      # 59% of the frame is padding
+    elif case == "bscale 2":
+        frame = 2 * np.round(frame / 2)
+    else:
+        frame = 0.01 * np.round(frame / 0.01)
+    level, noise = sky_and_noise(frame)
+    true_sigma = np.sqrt(sigma ** 2 + {"zero padding": 0, "bscale 2": 4 / 12,
+                                       "step 0.01": 1e-4 / 12}[case])  # quantisation noise
+    assert noise == pytest.approx(true_sigma, rel=0.15)
+    assert level == pytest.approx(sky, abs=0.2 * true_sigma)
+
+
+def test_noise_normalisation_of_a_field_valid_only_between_the_sampled_rows():
+    # Over MAX_SAMPLE pixels only every k-th row is sampled; a field whose valid pixels all
+    # lie between those rows still gets a finite normalisation from its valid pixels.
+    rng = np.random.default_rng(4)
+    image = (100 + 5 * rng.standard_normal((2100, 1000))).astype(np.float32)
+    valid = np.zeros(image.shape, bool)
+    valid[1::2] = True                            # every sampled row (0, 2, 4, ...) is invalid
+    norm = normalize_array(image, valid, "noise", "odd rows")[1]
+    assert norm.lo == pytest.approx(100, abs=0.5) and norm.hi - norm.lo == pytest.approx(5, rel=0.1)
+
+
+def test_make_sky_realistic_writes_counts_with_the_instrument_and_class_masks(tmp_path):
+    from astroseg.cli import main as cli_main
+
+    assert cli_main(["make-sky", str(tmp_path), "--sky", "realistic", "--fields", "1",
+                     "--size", "96", "--set", "stars=[40,40]", "--set", "galaxies=[4,4]",
+                     "--set", "fwhm=[2,2]"]) == 0
+    image = fits.getheader(tmp_path / "images" / "field_00.fits")
+    mask_hdr = fits.getheader(tmp_path / "masks" / "field_00.fits")
+    mask = fits.getdata(tmp_path / "masks" / "field_00.fits")
+    assert image["BUNIT"] == "count" and image["PSFFWHM"] == 2.0
+    assert {"GAIN", "RDNOISE", "SATURATE"} <= set(image)
+    # A class map is not in counts: none of the cards that describe count values.
+    assert not {"BUNIT", "GAIN", "SATURATE"} & set(mask_hdr) and "CLASSES" in mask_hdr
+    assert set(np.unique(mask)) <= {0, 1, 2, 3} and STAR in mask
+    assert cli_main(["make-sky", str(tmp_path / "x"), "--set", "fwhm=[2,2]"]) == 2

@@ -13,8 +13,9 @@ window by window gets the same input as the tiles the model was trained on.
           sources: real dynamic range without losing the faint edges that define a mask.
   noise   background-subtracted and in units of the background noise, then asinh-stretched:
           asinh((x - sky) / sigma) / asinh(1e6). sky and sigma are medians over 128-pixel runs
-          of the field (median and MAD of each run), so a sky gradient or a crowd of sources
-          does not inflate sigma. Unlike the others it does not depend on the brightest pixels
+          of the field (median and MAD of each run), so a gentle sky gradient or a few sources
+          do not inflate sigma (a frame mostly covered by sources, or a steep gradient along
+          its rows, does). Unlike the others it does not depend on the brightest pixels
           or on the field's size: a 1.5-sigma isophote maps to the same value in a 128-pixel
           training image and in a 10k-pixel survey frame, which is what lets a model trained
           on a simulated sky find sources in real frames (data.sky: realistic). Not clipped:
@@ -41,7 +42,8 @@ NOISE_RUN = 128          # noise: pixels per run whose median and MAD give the l
 
 @dataclass(frozen=True)
 class Normalization:
-    """A fitted normalisation: `apply` maps raw pixels of its field to [0, 1]."""
+    """A fitted normalisation: `apply` maps raw pixels of its field to [0, 1] (`noise`: to
+    asinh of their S/N, unclipped; `lo` is the sky and `hi - lo` the noise sigma)."""
     method: str
     lo: float
     hi: float
@@ -97,20 +99,47 @@ def fit(method: str, lo: float, hi: float, sample: np.ndarray) -> Normalization:
 def sky_and_noise(sample: np.ndarray) -> tuple[float, float]:
     """Sky level and per-pixel noise sigma of valid pixels in raster order: the medians of the
     median and of 1.4826 x MAD over runs of NOISE_RUN pixels (sources and gradients are local,
-    so most runs are sky); the clipped std if even that finds no spread."""
+    so most runs are sky). Exact zeros in continuous data (padding: over 1% of the pixels) and
+    runs without any spread (a saturated row) are left out; the clipped std is used if no run
+    has spread."""
     x = np.asarray(sample, dtype=np.float64).ravel()
-    if x.size and np.array_equal(x, np.round(x)):
-        # Integer counts: the median of a run is an integer, up to half a count off the sky,
-        # which is several sigma of a low-noise frame. A fixed dither of +-0.5 undoes that.
-        x = x + (np.random.default_rng(0).random(x.size) - 0.5)
+    step = _quantum(x)
+    if step:
+        # Quantised values (integer counts, or BSCALE steps): the median of a run is a
+        # multiple of the step, up to half a step off the sky, which is several sigma of a
+        # low-noise frame. A fixed dither of +-step/2 undoes that.
+        x = x + step * (np.random.default_rng(0).random(x.size) - 0.5)
+    else:
+        # Continuous values repeat by chance almost never: many exact zeros are the padding
+        # of a mosaic or of a drizzled frame's uncovered area, not sky.
+        zero = x == 0
+        if 100 * zero.sum() > x.size and not zero.all():
+            x = x[~zero]
     runs = x[:len(x) // NOISE_RUN * NOISE_RUN].reshape(-1, NOISE_RUN) if len(x) >= NOISE_RUN \
         else x[None]
     med = np.median(runs, axis=1)
-    sigma = float(np.median(1.4826 * np.median(np.abs(runs - med[:, None]), axis=1)))
-    if sigma <= 0:
-        from astropy.stats import sigma_clipped_stats
-        sigma = float(sigma_clipped_stats(x, sigma=3.0, maxiters=5)[2])
-    return float(np.median(med)), sigma
+    mad = 1.4826 * np.median(np.abs(runs - med[:, None]), axis=1)
+    spread = mad > 0
+    if spread.any():
+        return float(np.median(med[spread])), float(np.median(mad[spread]))
+    from astropy.stats import sigma_clipped_stats
+    _, sky, sigma = sigma_clipped_stats(x, sigma=3.0, maxiters=5)
+    return float(sky), float(sigma)
+
+
+def _quantum(x: np.ndarray) -> float:
+    """The step of values that are all multiples of one (integers: 1; BSCALE = 2: 2), when it
+    is coarse next to their spread; 0 for finely sampled floats."""
+    values = np.unique(x)
+    if values.size < 2:
+        return 0.0
+    step = float(np.diff(values).min())
+    units = (values - values[0]) / step
+    if not np.allclose(units, np.round(units), rtol=0, atol=1e-6):
+        return 0.0
+    q25, q75 = np.percentile(x, [25, 75])
+    # float32 data within one binade are multiples of its ulp: too fine to matter.
+    return step if step >= 1e-4 * (q75 - q25) else 0.0
 
 
 def fit_field(method: str, read_rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
@@ -121,7 +150,7 @@ def fit_field(method: str, read_rows: Callable[[int, int], tuple[np.ndarray, np.
     FITS image is scanned without holding it in memory.
     """
     step = max(1, int(np.ceil(height * width / MAX_SAMPLE)))
-    lo, hi, parts = np.inf, -np.inf, []
+    lo, hi, parts, spare = np.inf, -np.inf, [], []
     for y0 in range(0, height, block):
         rows, valid = read_rows(y0, min(height, y0 + block))
         good = rows[valid]
@@ -129,9 +158,15 @@ def fit_field(method: str, read_rows: Callable[[int, int], tuple[np.ndarray, np.
             lo, hi = min(lo, float(good.min())), max(hi, float(good.max()))
         keep = (np.arange(y0, y0 + len(rows)) % step) == 0
         parts.append(rows[keep][valid[keep]])
+        spare.append(good[::step])   # for a field whose valid pixels miss every sampled row
     if not np.isfinite(lo):
         raise DataError(f"{where}: no valid pixels (all NaN, infinite or flagged bad)")
-    return fit(method, lo, hi, np.concatenate(parts))
+    sample = np.concatenate(parts)
+    norm = fit(method, lo, hi, sample if sample.size else np.concatenate(spare))
+    if not (np.isfinite(norm.lo) and np.isfinite(norm.hi)):
+        raise DataError(f"{where}: the {method} normalisation of its valid pixels is not finite "
+                        f"({norm.lo}, {norm.hi})")
+    return norm
 
 
 def normalize_array(image: np.ndarray, valid: np.ndarray, method: str, where: str

@@ -170,6 +170,8 @@ def _write_realistic(outdir: Path, i: int, size: int, seed: int, r: RealisticPar
     header["SATURATE"] = (round(scene.saturation, 3), "saturation level (counts)")
     name = f"field_{i:02d}.fits"
     mask_header = header.copy()
+    for key in ("BUNIT", "GAIN", "RDNOISE", "SKYLEVEL", "SATURATE"):   # counts, not classes
+        del mask_header[key]
     mask_header["CLASSES"] = ("0 sky, 1 galaxy, 2 star, 3 artifact", "mask values")
     for sub, hdul in (("images", _hdus(scene.counts, header, False)),
                       ("masks", _hdus(scene.classes, mask_header, False))):

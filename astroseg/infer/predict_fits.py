@@ -388,7 +388,8 @@ def segment_fits(fm: FitsModel, input_path: str | os.PathLike | list[str | os.Pa
         header["ASTHRESH"] = (threshold, "probability threshold of MASK")
         header["ASNORM"] = (norm.method, "input normalisation")
         header["ASNLO"] = (norm.lo, "normalisation: raw value mapped to 0")
-        header["ASNHI"] = (norm.hi, "normalisation: raw value mapped to 1")
+        header["ASNHI"] = (norm.hi, "normalisation: raw value mapped to 1 (noise: "
+                           "sky + 1 sigma)")
         for i, (band, n, path) in enumerate(zip(bands or [], norms, paths)):
             header[f"ASBAND{i}"] = (band, f"band of input channel {i}")
             header[f"ASINP{i}"] = (path.name, f"image of band {band}")
