@@ -84,6 +84,8 @@ def _fake_metrics(tmp_path: Path) -> Path:
              "pooled": {"iou": 0.9, "dice": 0.947, "precision": 0.93, "recall": 0.97}}
     objects = {"n_true": 100, "n_pred": 97, "found": 90, "completeness": 0.9, "purity": 0.93,
                "splits": 2, "merges": 3}
+    (metrics / "confusion.json").write_text(json.dumps(
+        {"classes": ["background", "source"], "matrix": [[9000, 40], [60, 900]]}))
     (metrics / "metrics.json").write_text(json.dumps({
         **pixel, "n_images": 8, "threshold": 0.5, "tta": True, "objects": objects,
         "calibration": {"ece": 0.0123, "ece_uncalibrated": 0.034, "temperature": 1.4},
@@ -296,14 +298,14 @@ def test_report_refuses_a_missing_figure(tmp_path):
 # ---------------------------------------------------------------- the stage
 
 OUTPUTS = ("training_curves", "samples", "predictions", "pr_curve", "reliability",
-           "completeness", "uncertainty")
+           "completeness", "uncertainty", "confusion")
 
 
 def test_plots_stage_writes_every_figure_and_the_report(fake_run):
     result = run_stage("plots", fake_run)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines() == [
-        "plots: wrote 7 figures and report.html to plots/"]
+        "plots: wrote 8 figures and report.html to plots/"]
     for name in OUTPUTS:
         _is_png(fake_run / "plots" / f"{name}.png")
     text = (fake_run / "plots/report.html").read_text(encoding="utf-8")
