@@ -192,22 +192,26 @@ def test_morphology_needs_the_realistic_sky_and_minmax_is_refused_for_it(tmp_pat
         in result.stderr
 
 
-@pytest.mark.parametrize("case", ["zero padding", "bscale 2", "step 0.01"])
+@pytest.mark.parametrize("case", ["zero padding", "integer padding", "bscale 2", "step 0.01"])
 def test_noise_is_measured_right_on_padded_and_quantised_frames(case):
     # Real frames: a mosaic or drizzled frame padded with exact 0 where nothing was observed,
     # and data stored in steps other than 1 (BSCALE): the measured sigma stays the true one.
     rng = np.random.default_rng(3)
-    sigma, sky = {"zero padding": (0.005, 0.02), "bscale 2": (1.0, 500.0),
-                  "step 0.01": (0.003, 0.5)}[case]
+    sigma, sky = {"zero padding": (0.005, 0.02), "integer padding": (3.0, 200.0),
+                  "bscale 2": (1.0, 500.0), "step 0.01": (0.003, 0.5)}[case]
     frame = sky + sigma * rng.standard_normal((512, 512))
     if case == "zero padding":
         frame[:, :300] = 0.0                      # 59% of the frame is padding
+    elif case == "integer padding":
+        frame = np.round(frame)
+        frame[:300] = 0.0                         # whole rows of an int16 mosaic
     elif case == "bscale 2":
         frame = 2 * np.round(frame / 2)
     else:
         frame = 0.01 * np.round(frame / 0.01)
     level, noise = sky_and_noise(frame)
-    true_sigma = np.sqrt(sigma ** 2 + {"zero padding": 0, "bscale 2": 4 / 12,
+    true_sigma = np.sqrt(sigma ** 2 + {"zero padding": 0, "integer padding": 1 / 12,
+                                       "bscale 2": 4 / 12,
                                        "step 0.01": 1e-4 / 12}[case])  # quantisation noise
     assert noise == pytest.approx(true_sigma, rel=0.15)
     assert level == pytest.approx(sky, abs=0.2 * true_sigma)

@@ -25,6 +25,7 @@ Invalid pixels (NaN, inf, bad-pixel mask) are excluded from the statistics and s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -103,7 +104,10 @@ def sky_and_noise(sample: np.ndarray) -> tuple[float, float]:
     runs without any spread (a saturated row) are left out; the clipped std is used if no run
     has spread."""
     x = np.asarray(sample, dtype=np.float64).ravel()
+    if not x.size:
+        return math.nan, math.nan     # fit_field names the field in its error
     step = _quantum(x)
+    flat = np.ptp(_runs(x), axis=1) == 0     # constant before any dither: padding, saturation
     if step:
         # Quantised values (integer counts, or BSCALE steps): the median of a run is a
         # multiple of the step, up to half a step off the sky, which is several sigma of a
@@ -115,16 +119,22 @@ def sky_and_noise(sample: np.ndarray) -> tuple[float, float]:
         zero = x == 0
         if 100 * zero.sum() > x.size and not zero.all():
             x = x[~zero]
-    runs = x[:len(x) // NOISE_RUN * NOISE_RUN].reshape(-1, NOISE_RUN) if len(x) >= NOISE_RUN \
-        else x[None]
+            flat = np.ptp(_runs(x), axis=1) == 0
+    runs = _runs(x)
     med = np.median(runs, axis=1)
     mad = 1.4826 * np.median(np.abs(runs - med[:, None]), axis=1)
-    spread = mad > 0
+    spread = (mad > 0) & ~flat
     if spread.any():
         return float(np.median(med[spread])), float(np.median(mad[spread]))
     from astropy.stats import sigma_clipped_stats
     _, sky, sigma = sigma_clipped_stats(x, sigma=3.0, maxiters=5)
     return float(sky), float(sigma)
+
+
+def _runs(x: np.ndarray) -> np.ndarray:
+    """`x` as rows of NOISE_RUN consecutive pixels (the tail dropped), or one row if shorter."""
+    return x[:len(x) // NOISE_RUN * NOISE_RUN].reshape(-1, NOISE_RUN) if len(x) >= NOISE_RUN \
+        else x[None]
 
 
 def _quantum(x: np.ndarray) -> float:
