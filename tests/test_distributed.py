@@ -33,15 +33,19 @@ def prepared(tmp_path_factory) -> Path:
     return path
 
 
-def _train(prepared: Path, where: Path, **train) -> str:
-    shutil.copytree(prepared, where)
+def _params(**train) -> dict:
+    """The DDP tests' params: 35 images, batch 8, and what makes ranks match one process."""
     # No dropout: each rank draws its own masks, so only a dropout-free model matches exactly.
     # fp32: bf16 autocast (precision auto on a CPU with AVX-512-BF16) rounds each rank's
     # half-batch sums differently, 1e-2 apart after ten steps.
-    write_params(where, tiny_params(data={"n_train": 35}, train={"epochs": 2, "batch_size": 8,
-                                                                   "precision": "fp32",
-                                                                   **train},
-                                    model={"segformer": {"dropout": 0.0}}))
+    return tiny_params(data={"n_train": 35},
+                       train={"epochs": 2, "batch_size": 8, "precision": "fp32", **train},
+                       model={"segformer": {"dropout": 0.0}})
+
+
+def _train(prepared: Path, where: Path, **train) -> str:
+    shutil.copytree(prepared, where)
+    write_params(where, _params(**train))
     result = run_stage("train", where)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -122,8 +126,7 @@ def test_ddp_sigterm_saves_and_every_rank_resumes(prepared, tmp_path):
     _train(prepared, tmp_path / "whole", **train)
     where = tmp_path / "cut"
     shutil.copytree(prepared, where)
-    write_params(where, tiny_params(data={"n_train": 35}, train={"batch_size": 8, **train},
-                                    model={"segformer": {"dropout": 0.0}}))   # as _train
+    write_params(where, _params(**train))   # as _train
     job = subprocess.Popen([sys.executable, str(ROOT / "stages/train.py")], cwd=where,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
