@@ -136,6 +136,12 @@ class RealisticParams:
     streak: float = _p(0.1, ge=0, le=1)
     max_objects: int = _p(128, ge=1, le=65535)   # truth rows per image (the brightest first)
 
+    def check(self) -> None:
+        if self.sky[1] <= 0 and self.read_noise[1] <= 0:
+            raise ParamsError(f"data.realistic.sky = {list(self.sky)} with data.realistic."
+                              f"read_noise = {list(self.read_noise)}: a frame without sky or "
+                              "read noise has no noise to measure fluxes in; raise either")
+
 
 @dataclass(frozen=True)
 class FitsParams:
@@ -235,11 +241,6 @@ class DataParams:
             if self.bands.names:
                 raise ParamsError(f"data.bands.names = {list(self.bands.names)}: the realistic "
                                   "sky renders one band; use data.sky = seed for several")
-            r = self.realistic
-            if r.sky[1] <= 0 and r.read_noise[1] <= 0:
-                raise ParamsError(f"data.realistic.sky = {list(r.sky)} with data.realistic."
-                                  f"read_noise = {list(r.read_noise)}: a frame without sky or "
-                                  "read noise has no noise to measure fluxes in; raise either")
             return
         if self.classes == "morphology":
             raise ParamsError(f"data.classes = morphology with data.source = {self.source}, "

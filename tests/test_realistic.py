@@ -243,3 +243,7 @@ def test_make_sky_realistic_writes_counts_with_the_instrument_and_class_masks(tm
     assert not {"BUNIT", "GAIN", "SATURATE"} & set(mask_hdr) and "CLASSES" in mask_hdr
     assert set(np.unique(mask)) <= {0, 1, 2, 3} and STAR in mask
     assert cli_main(["make-sky", str(tmp_path / "x"), "--set", "fwhm=[2,2]"]) == 2
+    # No sky and no read noise: no noise to draw fluxes in, refused before any work.
+    assert cli_main(["make-sky", str(tmp_path / "y"), "--sky", "realistic", "--set",
+                     "sky=[0,0]", "--set", "read_noise=[0,0]"]) == 2
+    assert not (tmp_path / "y").exists()

@@ -20,9 +20,9 @@ noise are those measured on the noisy frame, as SExtractor or photutils would me
 (and as the `noise` normalisation does, astroseg.data.normalize.sky_and_noise): in a crowded
 field the unresolved faint galaxies and the wings of bright sources raise both (the measured
 noise is 1.09x the true one in the median frame of the preset's sky, 1.44x at the 90th
-percentile, 4.5x at the 99th), and the isophote an astronomer draws rises with them. Its class (data.classes:
-morphology) is the component that gives it the most light: galaxy, star, or artifact (cosmic
-ray or streak); `binary` masks are all of them as "source". Per object, the table records the
+percentile, 4.5x at the 99th), and the isophote an astronomer draws rises with them. Its class
+(data.classes: morphology) is the component that gives it the most light: galaxy, star, or
+artifact (cosmic ray or streak); `binary` masks are all of them as "source". Per object, the table records the
 centre, its flux (the sum of its noiseless model inside the frame, in ADU) and its isophotal
 S/N (flux over noise inside its own isophote), for those whose centre lies in the mask and
 whose own light crosses the isophote on `mask_npixels` pixels (a faint galaxy that is in the
