@@ -1,12 +1,12 @@
 """Variants of the realistic sky, each trained and scored zero-shot on real frames, in one run.
 
-    python benchmarks/sky_sweep.py [--frames F1 F2 ...] [--keep DIR] --variant NAME 'key=value ...' ...
+    python benchmarks/sky_sweep.py [--frames F1 ...] [--keep DIR] --variant NAME 'key=value ...'
 
 Each variant is presets/realistic.txt plus its own `key=value` overrides (what `dvc exp run
 -S` takes), run as prepare + train in a temp folder (the stage scripts, as `dvc repro` runs
-them), then benchmarks/zero_shot.py on the frames (without --frames, its own space and ground groups of
-real frames). --keep DIR keeps each variant's folder (params, dataset, model) as DIR/NAME. Meant for a GPU, where one variant takes a
-minute or two; choosing among variants by real frames is choosing on what the check measures,
+them), then benchmarks/zero_shot.py on the frames (without --frames, its own space and ground
+groups of real frames). --keep DIR keeps each variant's folder (params, dataset, model) as
+DIR/NAME. Meant for a GPU, where one variant takes a minute or two; choosing among variants by real frames is choosing on what the check measures,
 so keep the frames and the ranges wide and report every variant (docs/tuning.md).
 """
 

@@ -107,19 +107,18 @@ def sky_and_noise(sample: np.ndarray) -> tuple[float, float]:
     if not x.size:
         return math.nan, math.nan     # fit_field names the field in its error
     step = _quantum(x)
+    if not step:
+        # Continuous values repeat by chance almost never: many exact zeros are the padding
+        # of a mosaic or of a drizzled frame's uncovered area, not sky.
+        zero = x == 0
+        if 100 * zero.sum() > x.size and not zero.all():
+            x = x[~zero]
     flat = np.ptp(_runs(x), axis=1) == 0     # constant before any dither: padding, saturation
     if step:
         # Quantised values (integer counts, or BSCALE steps): the median of a run is a
         # multiple of the step, up to half a step off the sky, which is several sigma of a
         # low-noise frame. A fixed dither of +-step/2 undoes that.
         x = x + step * (np.random.default_rng(0).random(x.size) - 0.5)
-    else:
-        # Continuous values repeat by chance almost never: many exact zeros are the padding
-        # of a mosaic or of a drizzled frame's uncovered area, not sky.
-        zero = x == 0
-        if 100 * zero.sum() > x.size and not zero.all():
-            x = x[~zero]
-            flat = np.ptp(_runs(x), axis=1) == 0
     runs = _runs(x)
     med = np.median(runs, axis=1)
     mad = 1.4826 * np.median(np.abs(runs - med[:, None]), axis=1)
