@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from astroseg import __version__
-from astroseg.errors import run_main
+from astroseg.errors import DEBUG_ENV, run_main
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -340,19 +340,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="astroseg", description=__doc__,
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"astroseg {__version__}")
+    # --debug is accepted before or after the command: a parent of every sub-parser.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check-params", help="validate a params file without running anything",
+    check = sub.add_parser("check-params", parents=[debug], help="validate a params file without running anything",
                            formatter_class=_HelpFormatter)
     check.add_argument("params", nargs="?", default="params.yaml", help="params file to check")
     check.add_argument("--show", action="store_true", help="print the params with every default "
                        "filled in (YAML), instead of 'ok'")
     check.set_defaults(func=_check_params)
-    info = sub.add_parser("info", help="summarise a dataset HDF5 file",
+    info = sub.add_parser("info", parents=[debug], help="summarise a dataset HDF5 file",
                           formatter_class=_HelpFormatter)
     info.add_argument("dataset", nargs="?", default="data/dataset.h5",
                       help="dataset file written by the prepare stage")
     info.set_defaults(func=_info)
-    pred = sub.add_parser("predict", help="segment HDF5 stacks of cut-outs or FITS images, one "
+    pred = sub.add_parser("predict", parents=[debug], help="segment HDF5 stacks of cut-outs or FITS images, one "
                           "file or a whole survey",
                           formatter_class=_HelpFormatter,
                           description="IN.h5 holds 'images' (N, H, W) normalised like training (or raw, "
@@ -420,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "HDU of the input holding each pixel's 1-sigma error (e.g. ERR), for "
                       "segment_fluxerr")
     pred.set_defaults(func=_predict)
-    sky = sub.add_parser("make-sky", help="write example survey fields (FITS with WCS, BLANK "
+    sky = sub.add_parser("make-sky", parents=[debug], help="write example survey fields (FITS with WCS, BLANK "
                          "pixels, BSCALE) and their masks, for the FITS workflow",
                          formatter_class=_HelpFormatter)
     sky.add_argument("outdir", help="directory to write images/ and masks/ into")
@@ -436,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --sky realistic: a data.realistic param, e.g. --set "
                      "fwhm=[1.5,2.5] --set sky=[10,100] for space-like frames")
     sky.set_defaults(func=_make_sky)
-    lab = sub.add_parser("label", help="bootstrap masks for images without any: a photutils "
+    lab = sub.add_parser("label", parents=[debug], help="bootstrap masks for images without any: a photutils "
                          "segmentation map per image, SExtractor-style",
                          formatter_class=_HelpFormatter,
                          description="Each image gets MASKDIR/<stem>.fits: an int32 "
@@ -476,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `astroseg` console script."""
     args = build_parser().parse_args(argv)
+    if args.debug:   # in the environment, so that worker processes see it too
+        os.environ[DEBUG_ENV] = "1"
     status = 0
 
     def call() -> None:

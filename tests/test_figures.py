@@ -318,6 +318,7 @@ def test_plots_stage_names_a_missing_input_and_writes_nothing(fake_run):
     (fake_run / "metrics/baseline_completeness.csv").unlink()
     result = run_stage("plots", fake_run)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: metrics/baseline_completeness.csv: not found "
-                                     "(the baseline stage writes it; run it first)")
+    assert result.stderr.strip() == ("error: metrics/baseline_completeness.csv: input not "
+                                     "found; the baseline stage writes it: run `dvc repro` (or "
+                                     "`dvc pull` if a DVC remote holds the outputs)")
     assert not (fake_run / "plots").exists()

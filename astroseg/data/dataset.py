@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from astroseg.atomic import atomic_output
-from astroseg.errors import DataError
+from astroseg.errors import DataError, missing_output
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -203,7 +203,7 @@ class DatasetWriter:
 
 def _open(path: Path) -> h5py.File:
     if not path.exists():
-        raise DataError(f"{path}: dataset file not found (run the prepare stage first)")
+        raise missing_output(path, "dataset file", "prepare")
     try:
         return h5py.File(path, "r")
     except OSError as exc:

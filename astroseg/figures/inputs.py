@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from astroseg.errors import DataError
+from astroseg.errors import DataError, missing_output
 
 
 def _missing(path: Path, made_by: str) -> DataError:
-    return DataError(f"{path}: not found (the {made_by} stage writes it; run it first)")
+    return missing_output(path, "input", made_by)
 
 
 def read_json(path: str | os.PathLike, made_by: str) -> dict[str, Any]:

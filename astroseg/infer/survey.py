@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from astroseg.atomic import write_text
 from astroseg.device import resolve_device
-from astroseg.errors import AstrosegError, DataError, ParamsError
+from astroseg.errors import AstrosegError, DataError, ParamsError, missing_output
 from astroseg.data.fits_io import is_fits, stem
 from astroseg.data.parallel import cpu_count
 from astroseg.infer.catalog import catalog_current, survey_catalog, write_catalog
@@ -494,7 +494,7 @@ def run_survey(inputs: list[str], outdir: str | os.PathLike, settings: Settings,
         dist.init_process_group("gloo", timeout=timedelta(hours=24))
     outdir.mkdir(parents=True, exist_ok=True)
     if not settings.model.is_file():
-        raise DataError(f"{settings.model}: checkpoint not found (run the train stage first)")
+        raise missing_output(settings.model, "checkpoint", "train")
     stamp = _model_stamp(settings.model)
     sha256 = file_sha256(settings.model)   # once per run: the workers are handed it
     worker = _Worker.load(settings, sha256, stamp, device, notify if rank == 0 else None)

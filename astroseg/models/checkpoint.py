@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from astroseg.atomic import atomic_output
-from astroseg.errors import DataError
+from astroseg.errors import DataError, missing_output
 from astroseg.models import build_model
 from astroseg.models.segformer import fold_decoder_biases
 
@@ -56,7 +56,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint's payload (config, weights, metadata), its format checked."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: checkpoint not found (run the train stage first)")
+        raise missing_output(path, "checkpoint", "train")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:

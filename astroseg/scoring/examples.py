@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from astroseg.atomic import atomic_output
-from astroseg.errors import DataError
+from astroseg.errors import DataError, missing_output
 
 _KEYS = ("images", "masks", "foreground", "labels")
 _OPTIONAL = ("mc_mean", "mc_std")
@@ -39,7 +39,7 @@ def load_examples(path: str | os.PathLike) -> Examples:
     """Read what save_examples wrote."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: example predictions not found (run the evaluate stage first)")
+        raise missing_output(path, "example predictions", "evaluate")
     try:
         with h5py.File(path, "r") as f:
             return Examples(*(f[key][:] for key in _KEYS),

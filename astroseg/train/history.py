@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from astroseg.atomic import write_text
-from astroseg.errors import DataError
+from astroseg.errors import DataError, missing_output
 
 
 @dataclass
@@ -42,7 +42,7 @@ def read_history(path: str | os.PathLike) -> dict[str, np.ndarray]:
             rows = list(csv.DictReader(f, delimiter="\t"))
         return {k: np.array([float(r[k]) for r in rows]) for k in COLUMNS}
     except FileNotFoundError:
-        raise DataError(f"{path}: training history not found (run the train stage first)") from None
+        raise missing_output(path, "training history", "train") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: not a readable history table, expected columns "
                         f"{', '.join(COLUMNS)} ({exc!r})") from None
