@@ -7,13 +7,55 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from hypothesis import HealthCheck, settings
+
+from astroseg.errors import DEBUG_ENV, ERROR_LOG_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Fuzz tests draw a bounded, fixed set of examples (derandomize): the same cases on every run
+# and in CI, and no example database written into the checkout.
+settings.register_profile("astroseg", derandomize=True, deadline=None, database=None,
+                          max_examples=20, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow,
+                                                 HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "astroseg"))
+
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def pytest_configure(config) -> None:
+    """Collect every internal error (an exception that would have been a raw traceback) that
+    any astroseg process of the session reports, in-process or in a subprocess."""
+    fd, path = tempfile.mkstemp(prefix="astroseg-internal-errors-", suffix=".log")
+    os.close(fd)
+    os.environ[ERROR_LOG_ENV] = path
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Fail the session if any run reported an internal error, even one whose test passed."""
+    path = Path(os.environ.pop(ERROR_LOG_ENV, ""))
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    path.unlink()
+    if text.strip():
+        print(f"\ninternal errors (raw tracebacks without run_main) reported by astroseg:\n{text}")
+        session.exitstatus = 1
+
+
+def assert_no_traceback(result: subprocess.CompletedProcess) -> None:
+    """A user-facing run printed no traceback (unless it asked for one with ASTROSEG_DEBUG)."""
+    if os.environ.get(DEBUG_ENV):
+        return
+    for stream in (result.stdout, result.stderr):
+        assert TRACEBACK not in (stream or ""), f"a traceback reached the user:\n{stream[-3000:]}"
 
 # Small enough for seconds on 2 CPU cores, large enough that every code path runs. Pinned to
 # the CPU, where results are promised bit for bit; tests/test_gpu.py covers CUDA.
@@ -55,8 +97,10 @@ def write_params(directory: Path, params: dict) -> Path:
 
 def run_stage(name: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run stages/<name>.py of this checkout with `cwd` as the pipeline directory."""
-    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=cwd,
-                          capture_output=True, text=True, env=_env())
+    result = subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=cwd,
+                            capture_output=True, text=True, env=_env())
+    assert_no_traceback(result)
+    return result
 
 
 def _env() -> dict:
@@ -97,6 +141,7 @@ def copy_project(dest: Path) -> None:
 def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command with the venv first on PATH; unless `check` is off, fail the test if it fails."""
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=_env())
+    assert_no_traceback(result)
     if check:
         assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
