@@ -95,6 +95,11 @@ def _predict(args: argparse.Namespace) -> int:
         raise ParamsError(f"--threshold = {args.threshold}: expected between 0 and 1")
     if args.workers < 1:
         raise ParamsError(f"--workers = {args.workers}: expected >= 1")
+    from astroseg.models.checkpoint import lock_mismatch
+
+    mismatch = lock_mismatch(args.model)
+    if mismatch and os.environ.get("RANK", "0") == "0":   # once under torchrun
+        print(f"warning: {mismatch}", file=sys.stderr)
     if args.band:
         return _predict_bands(args)
     if not args.input:

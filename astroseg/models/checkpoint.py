@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from astroseg.atomic import atomic_output
@@ -28,6 +29,36 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def lock_mismatch(path: str | os.PathLike) -> str | None:
+    """A warning if `path` is an output that a dvc.lock above it records with another md5 (the
+    model was replaced or edited outside DVC), else None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    full = path.resolve()
+    lock = next((d / "dvc.lock" for d in full.parents if (d / "dvc.lock").is_file()), None)
+    if lock is None:
+        return None
+    try:
+        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages") or {}
+        rel = full.relative_to(lock.parent).as_posix()
+        recorded = [out.get("md5") for stage in stages.values() for out in stage.get("outs", [])
+                    if out.get("path") == rel]
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None   # a lock we cannot read says nothing about this file
+    if not recorded or not recorded[0]:
+        return None
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() == recorded[0]:
+        return None
+    return (f"{path}: md5 {digest.hexdigest()} is not the {recorded[0]} that {lock} records: "
+            f"the model was changed outside DVC (`dvc status` shows it; `dvc checkout {rel}` "
+            "restores the recorded one)")
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict[str, Any],
                     meta: dict[str, Any]) -> None:
     """Atomically save weights (on CPU), the config that rebuilds the model, and metadata."""
@@ -44,12 +75,37 @@ def load_checkpoint(path: str | os.PathLike,
                     device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint in eval mode on `device`; return it and the payload."""
     payload = read_checkpoint(path)
-    model = build_model(payload["model_config"])
-    model.load_state_dict(_state(payload))
+    config = payload["model_config"]
+    try:
+        model = build_model(config)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: its model_config does not build a model ({exc})") from None
+    try:
+        state = _state(payload)
+    except (KeyError, RuntimeError) as exc:   # an edited pre-fold state_dict
+        raise DataError(f"{path}: the checkpoint's weights are inconsistent ({exc})") from None
+    check_state(model, state, f"{path}:")
+    model.load_state_dict(state)
     # What the model was trained on (normalisation, classes) travels with it, so `predict` can
     # prepare raw inputs the same way.
     model.astroseg_meta = dict(payload.get("meta", {}))
     return model.to(device).eval(), payload
+
+
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights that are not exactly `model`'s, naming the first missing, unexpected or
+    reshaped ones (torch's own error is a multi-line dump)."""
+    mine = model.state_dict()
+    missing = [k for k in mine if k not in state]
+    extra = [k for k in state if k not in mine]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
+              if k in state and state[k].shape != v.shape]
+    for what, keys in (("misses", missing), ("has unexpected", extra),
+                       ("has other shapes for", shapes)):
+        if keys:
+            raise DataError(f"{where} the checkpoint {what} {len(keys)} weight(s) of this model "
+                            f"({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}): saved "
+                            "from another architecture or edited")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -59,13 +115,35 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise missing_output(path, "checkpoint", "train")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+    except pickle.UnpicklingError as exc:
+        # weights_only unpickles tensors and plain containers only; anything else is refused,
+        # since unpickling an arbitrary object can run code.
+        found = _refused_global(str(exc))
+        raise DataError(f"{path}: refused, the checkpoint holds a Python object that loading "
+                        f"could execute code with{f' ({found})' if found else ''}; astroseg "
+                        "checkpoints hold only tensors and plain values (load only files you "
+                        "trust, and retrain or re-save this one)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
         raise DataError(f"{path}: not a readable checkpoint, truncated or corrupt? "
                         f"({' '.join(str(exc).split())[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
         raise DataError(f"{path}: checkpoint format {found!r}, expected {FORMAT_VERSION}")
+    for key, kind in (("model_config", dict), ("state_dict", dict), ("meta", dict)):
+        if not isinstance(payload.get(key, {} if key == "meta" else None), kind):
+            raise DataError(f"{path}: checkpoint key {key!r} is missing or not a {kind.__name__}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+               for k, v in payload["state_dict"].items()):
+        raise DataError(f"{path}: checkpoint 'state_dict' must map names to tensors")
     return payload
+
+
+def _refused_global(message: str) -> str:
+    # torch names the offending global ("Unsupported global: GLOBAL posix.system ...").
+    for line in message.splitlines():
+        if "GLOBAL" in line:
+            return " ".join(line.split())[:160]
+    return ""
 
 
 def _state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -102,15 +180,7 @@ def init_from(model: nn.Module, config: dict[str, Any], path: str | os.PathLike,
     if differ:
         raise DataError(f"{key} = {path}: another architecture ({'; '.join(differ)}); "
                         "set model.* (and the data's bands) to the checkpoint's to fine-tune it")
-    state, mine = _state(payload), model.state_dict()
-    missing = [k for k in mine if k not in state]
-    extra = [k for k in state if k not in mine]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
-              if k in state and state[k].shape != v.shape]
-    for what, keys in (("misses", missing), ("has unexpected", extra),
-                       ("has other shapes for", shapes)):
-        if keys:
-            raise DataError(f"{key} = {path}: the checkpoint {what} {len(keys)} weight(s) of "
-                            f"this model ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    state = _state(payload)
+    check_state(model, state, f"{key} = {path}:")
     model.load_state_dict(state)
     return payload
