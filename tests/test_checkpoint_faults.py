@@ -59,6 +59,7 @@ def _predict(tmp_path: Path, model: Path) -> list[str]:
             "--model", str(model), "--device", "cpu"]
 
 
+@pytest.mark.fault("checkpoint")
 def test_a_checkpoint_that_would_run_code_is_refused(untrained, pipeline_outputs, tmp_path,
                                                      capsys):
     marker = tmp_path / MARKER
@@ -107,6 +108,7 @@ CASES = {
 }
 
 
+@pytest.mark.fault("checkpoint")
 @pytest.mark.parametrize("case", list(CASES))
 def test_an_edited_checkpoint_is_refused_naming_what_differs(untrained, tmp_path, case):
     edit, message = CASES[case]
@@ -116,6 +118,7 @@ def test_an_edited_checkpoint_is_refused_naming_what_differs(untrained, tmp_path
     assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
 
 
+@pytest.mark.fault("checkpoint")
 @settings(max_examples=12)
 @given(cut=st.floats(0.0, 0.999), garbage=st.binary(max_size=64))
 def test_a_truncated_or_overwritten_checkpoint_is_a_clean_error(untrained, tmp_path_factory,
@@ -134,6 +137,7 @@ def _lock(folder: Path, model: Path) -> None:
         "outs": [{"path": "models/model.pt", "hash": "md5", "md5": md5}]}}}))
 
 
+@pytest.mark.fault("checkpoint")
 def test_predict_warns_when_the_model_differs_from_dvc_lock(untrained, tmp_path, capsys,
                                                             monkeypatch):
     model = tmp_path / "models" / "model.pt"
@@ -158,6 +162,7 @@ def test_predict_warns_when_the_model_differs_from_dvc_lock(untrained, tmp_path,
     assert lock_mismatch(other) is None
 
 
+@pytest.mark.fault("missing-data")
 @pytest.mark.parametrize("stage,missing", [
     ("train", "data/dataset.h5: dataset file not found"),
     ("evaluate", "models/model.pt: checkpoint not found"),
@@ -174,6 +179,7 @@ def test_a_fresh_clone_without_the_data_is_told_to_pull_or_repro(tmp_path, stage
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]   # nothing written
 
 
+@pytest.mark.fault("missing-data")
 def test_predict_without_the_model_is_told_to_pull_or_repro(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     stack = _stack(tmp_path)
@@ -188,6 +194,7 @@ def _cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProces
                           text=True, env={**_env(), **(env or {})}, cwd=ROOT)
 
 
+@pytest.mark.fault("errors")
 def test_tracebacks_only_with_debug(tmp_path):
     bad = tmp_path / "missing.h5"
     quiet = _cli(["info", str(bad)])
@@ -200,6 +207,7 @@ def test_tracebacks_only_with_debug(tmp_path):
         assert str(bad) in loud.stderr.splitlines()[-1]
 
 
+@pytest.mark.fault("errors")
 def test_an_os_error_is_one_line_naming_the_file(untrained, tmp_path, capsys):
     # The output's folder is a file: the OS refuses, and the user reads which path and why.
     (tmp_path / "taken").write_text("")
@@ -211,6 +219,7 @@ def test_an_os_error_is_one_line_naming_the_file(untrained, tmp_path, capsys):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+@pytest.mark.fault("errors")
 def test_an_unexpected_exception_is_an_internal_error_line(monkeypatch, tmp_path, capsys):
     from astroseg.errors import ERROR_LOG_ENV, run_main
 
@@ -230,6 +239,7 @@ def test_an_unexpected_exception_is_an_internal_error_line(monkeypatch, tmp_path
         run_main(broken)
 
 
+@pytest.mark.fault("errors")
 def test_an_interrupt_is_one_line_and_status_130(capsys, monkeypatch):
     from astroseg.errors import run_main
 

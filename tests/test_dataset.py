@@ -52,6 +52,7 @@ def test_prepare_stage_is_byte_identical_across_runs_and_pixel_neutral_params(wo
     assert not {"chunk", "workers", "fits"} & set(stored) and stored["n_train"] == 32
 
 
+@pytest.mark.fault("hdf5")
 def test_truncated_file_is_named(tmp_path):
     path = tmp_path / "d.h5"
     write_splits(path, [("train", _split(20, 64, 64))], {})
@@ -61,6 +62,7 @@ def test_truncated_file_is_named(tmp_path):
         load_split(path, "train")
 
 
+@pytest.mark.fault("hdf5")
 def test_missing_file_split_and_wrong_schema(tmp_path):
     with pytest.raises(DataError, match="dataset file not found"):
         load_split(tmp_path / "none.h5", "train")
@@ -74,6 +76,7 @@ def test_missing_file_split_and_wrong_schema(tmp_path):
         load_split(path, "train")
 
 
+@pytest.mark.fault("hdf5")
 def test_nan_pixels_are_refused(tmp_path):
     path = tmp_path / "d.h5"
     s = _split()

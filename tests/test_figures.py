@@ -205,6 +205,7 @@ def test_wilson_interval_brackets_the_fraction_and_stays_in_unit_range():
 
 # ---------------------------------------------------------------- inputs
 
+@pytest.mark.fault("missing-data")
 def test_missing_and_bad_inputs_name_the_file_and_the_stage(tmp_path):
     with pytest.raises(DataError, match=r"baseline\.json: not found \(the baseline stage"):
         read_json(tmp_path / "baseline.json", "baseline")
@@ -290,6 +291,7 @@ def test_report_breaks_http_that_base64_spells_by_chance(tmp_path):
     assert base64.b64decode(uri.replace("\n", "")) == data
 
 
+@pytest.mark.fault("missing-data")
 def test_report_refuses_a_missing_figure(tmp_path):
     with pytest.raises(DataError, match=r"gone\.png: cannot embed"):
         render_report([("x", tmp_path / "gone.png")], {}, None, None, None)
@@ -314,6 +316,7 @@ def test_plots_stage_writes_every_figure_and_the_report(fake_run):
     assert not list(fake_run.rglob("*.tmp"))
 
 
+@pytest.mark.fault("missing-data")
 def test_plots_stage_names_a_missing_input_and_writes_nothing(fake_run):
     (fake_run / "metrics/baseline_completeness.csv").unlink()
     result = run_stage("plots", fake_run)

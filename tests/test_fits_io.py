@@ -56,6 +56,7 @@ def test_blank_is_compared_in_stored_units_for_every_integer_layout(tmp_path, la
         np.testing.assert_array_equal(data[valid], unsigned[valid].astype(np.float32))
 
 
+@pytest.mark.fault("fits")
 def test_missing_hdu_of_a_scaled_file_is_described_from_headers(tmp_path):
     sci = fits.ImageHDU(np.zeros((6, 5), np.int16), name="SCI")
     sci.header.update(BSCALE=0.25, BZERO=4000.0, BLANK=-32768)
@@ -79,6 +80,7 @@ def test_a_chip_of_a_multi_chip_file_is_chosen_by_name_and_version(tmp_path):
         open_image(tmp_path / "mef.fits", parse_hdu("SCI,3"))
 
 
+@pytest.mark.fault("fits")
 def test_bad_pixel_hdu_and_map_flag_pixels_and_must_match_the_image(tmp_path):
     flags = np.zeros((6, 5), np.int16)
     flags[2, 3] = 4
@@ -111,6 +113,7 @@ def test_inherit_extension_gets_the_primary_cards_it_does_not_set(tmp_path):
     assert "CTYPE1" not in read_image(tmp_path / "i.fits", "PLAIN")[2]
 
 
+@pytest.mark.fault("fits")
 def test_big_endian_float_nan_and_inf_are_invalid(tmp_path):
     raw = np.linspace(0, 1, 12, dtype=">f4").reshape(3, 4)
     raw[0, 0], raw[2, 3] = np.nan, np.inf
@@ -129,6 +132,7 @@ def test_first_image_extension_is_found_and_named_hdu_is_used(tmp_path):
     assert read_image(tmp_path / "c.fits", 1)[0].sum() == 42
 
 
+@pytest.mark.fault("fits")
 def test_single_plane_cube_reads_as_2d_and_multi_plane_is_refused(tmp_path):
     fits.PrimaryHDU(np.ones((1, 5, 6), np.float32)).writeto(tmp_path / "one.fits")
     assert read_image(tmp_path / "one.fits")[0].shape == (5, 6)
@@ -137,6 +141,7 @@ def test_single_plane_cube_reads_as_2d_and_multi_plane_is_refused(tmp_path):
         open_image(tmp_path / "three.fits")
 
 
+@pytest.mark.fault("fits")
 @pytest.mark.parametrize("case", ["table_only", "not_fits", "missing", "bad_hdu"])
 def test_unreadable_inputs_name_the_file(tmp_path, case):
     path = tmp_path / f"{case}.fits"
@@ -194,6 +199,7 @@ def test_minmax_is_the_synthetic_sources_formula_and_streaming_matches_in_memory
     assert streamed == normalize_array(image, valid, "asinh", "t")[1]
 
 
+@pytest.mark.fault("fits")
 def test_all_invalid_field_is_an_error_naming_it():
     with pytest.raises(DataError, match="field.fits: no valid pixels"):
         normalize_array(np.full((8, 8), np.nan, np.float32), np.zeros((8, 8), bool), "zscale",

@@ -125,6 +125,7 @@ def test_predict_applies_the_trained_bad_pixel_hdu_unless_told_otherwise(dq_proj
                                                                           list(FLAGGED)])
 
 
+@pytest.mark.fault("fits")
 def test_a_trained_hdu_missing_from_the_image_is_a_clear_error(dq_project, tmp_path, capsys):
     image = tmp_path / "nodq.fits"
     _field(image, tmp_path / "nodq_mask.fits", seed=9, dq=False)
@@ -201,6 +202,7 @@ def test_window_rounded_up_to_the_stride_says_so(untrained, tmp_path, capsys):
     assert "note:" not in capsys.readouterr().err
 
 
+@pytest.mark.fault("fits")
 def test_predict_names_a_missing_hdu_of_a_scaled_file_without_traceback(untrained, tmp_path):
     write_sky(tmp_path / "sky", n_fields=2, size=64, seed=0)   # BSCALE/BZERO/BLANK, SCI in 01
     image = tmp_path / "sky/images/field_01.fits"

@@ -60,6 +60,7 @@ def test_make_sky_renders_sources_across_block_edges():
         assert overlap[511] > 0.8 * np.median(np.delete(overlap, 511)), axis
 
 
+@pytest.mark.fault("errors")
 def test_make_sky_refuses_a_directory_with_fields_unless_overwrite(tmp_path, capsys):
     out = tmp_path / "raw"
     assert cli_main(["make-sky", str(out), "--fields", "3", "--size", "32"]) == 0
@@ -149,6 +150,7 @@ def _break(project: Path, case: str) -> str:
     return "field_01.fits: .*(truncated|not a readable)"
 
 
+@pytest.mark.fault("fits")
 @pytest.mark.parametrize("case", ["missing_mask", "shape_mismatch", "no_image_hdu",
                                   "mask_glob_empty", "all_nan", "truncated", "hdu_missing",
                                   "bad_pixel_hdu_missing"])

@@ -131,6 +131,7 @@ def test_deblend_and_bad_pixel_hdu(tmp_path, capsys):
     assert fits.getheader(tmp_path / "b/frame.fits")["LBDEBL"] is True
 
 
+@pytest.mark.fault("fits")
 def test_bad_files_are_reported_and_the_others_labelled(sky, tmp_path, capsys):
     good = sky / "images" / "field_00.fits"
     nan = _write(tmp_path / "nan.fits", np.full((64, 64), np.nan, np.float32))
@@ -183,6 +184,7 @@ def test_existing_masks_and_inputs_are_not_replaced(sky, tmp_path, capsys):
     assert "would both be labelled to" in capsys.readouterr().err
 
 
+@pytest.mark.fault("params")
 @pytest.mark.parametrize("option,value", [("--nsigma", "0"), ("--nsigma", "-1"),
                                           ("--nsigma", "nan"), ("--npixels", "0"),
                                           ("--fwhm", "0"), ("--fwhm", "inf"), ("--box", "3")])

@@ -94,6 +94,7 @@ def test_every_field_is_listed_in_repo_params():
     ({"train": {"nproc": 4}, "data": {"n_val": 3}}, "data.n_val = 3 is less than train.nproc = 4"),
     ({"train": {"lr_scaling": "cubic"}}, "train.lr_scaling = 'cubic': expected one of none, sqrt"),
 ])
+@pytest.mark.fault("params")
 def test_bad_values_name_the_file_key_and_value(tmp_path, override, message):
     path = write_params(tmp_path, tiny_params(**override))
     with pytest.raises(ParamsError) as err:
@@ -104,6 +105,7 @@ def test_bad_values_name_the_file_key_and_value(tmp_path, override, message):
     assert "\n" not in text
 
 
+@pytest.mark.fault("params")
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ParamsError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")

@@ -28,6 +28,7 @@ def test_predict_matches_a_direct_forward_pass(pipeline_outputs):
     np.testing.assert_allclose(one_prob, prob[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.fault("hdf5")
 def test_predict_refuses_bad_arrays(pipeline_outputs):
     model = load_model(pipeline_outputs / "models/model.pt", "cpu")
     with pytest.raises(DataError, match="NaN"):
@@ -79,6 +80,7 @@ def test_cli_predict_round_trip(pipeline_outputs, tmp_path, capsys):
         assert len(f.attrs["model_sha256"]) == 64
 
 
+@pytest.mark.fault("hdf5")
 def test_cli_predict_errors_name_the_file(pipeline_outputs, tmp_path, capsys):
     src = tmp_path / "in.h5"
     with h5py.File(src, "w") as f:

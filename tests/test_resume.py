@@ -61,6 +61,7 @@ def _same_outputs(a: Path, b: Path) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+@pytest.mark.fault("kill")
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sigkill_at_a_random_moment_then_rerun_gives_the_same_bytes(reference, tmp_path, seed):
     where = _copy(reference, tmp_path / "run")

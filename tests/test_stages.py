@@ -53,6 +53,7 @@ def _snapshot(directory, names):
     ("prepare", {"model": {"num_classes": 3}}, "model.num_classes = 3: data.classes"),
     ("prepare", {"train": {"lr": "1e-3x"}}, "train.lr = '1e-3x' (str): expected float"),
 ])
+@pytest.mark.fault("params")
 def test_bad_params_exit_nonzero_and_leave_outputs_untouched(pipeline_outputs, tmp_path, stage,
                                                              override, message):
     work = tmp_path / "work"
@@ -66,6 +67,7 @@ def test_bad_params_exit_nonzero_and_leave_outputs_untouched(pipeline_outputs, t
     assert _snapshot(work, OUTPUTS) == before
 
 
+@pytest.mark.fault("params")
 def test_cuda_without_a_gpu_is_a_clear_error(workdir):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -75,6 +77,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(workdir):
     assert result.returncode == 2 and "train.device = 'cuda' but torch" in result.stderr
 
 
+@pytest.mark.fault("hdf5")
 def test_corrupt_dataset_is_named(pipeline_outputs, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(pipeline_outputs, work)

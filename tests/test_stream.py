@@ -78,6 +78,7 @@ def test_two_ranks_stream_their_shares_of_each_global_batch(tmp_path):
         assert torch.equal(torch.cat([a, b]), order[step * 8:step * 8 + 8])
 
 
+@pytest.mark.fault("hdf5")
 def test_a_nan_block_is_named(tmp_path):
     path, _, _ = _dataset(tmp_path)
     with h5py.File(path, "r+") as f:

@@ -78,6 +78,7 @@ def _mtimes(outdir: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in outdir.glob("*.fits")}
 
 
+@pytest.mark.fault("fits")
 def test_bad_files_fail_alone_and_the_summary_records_them(model, tmp_path, capsys):
     sky = tmp_path / "sky"
     for i in range(3):
@@ -115,6 +116,7 @@ def test_bad_files_fail_alone_and_the_summary_records_them(model, tmp_path, caps
                                                     "summary.csv"]
 
 
+@pytest.mark.fault("fits")
 def test_a_corrupt_tile_compressed_image_is_a_one_line_error(model, tmp_path, capsys):
     image = _corrupt_rice(tmp_path / "rice.fits")
     with pytest.raises(DataError, match=r"rice.fits: cannot decompress rows 0-\d+ of HDU "
@@ -192,6 +194,7 @@ def test_list_and_glob_inputs_and_mixed_types(model, tmp_path, monkeypatch):
     assert [r["status"] for r in _summary(Path("a/seg"))] == ["skipped"] * 2
 
 
+@pytest.mark.fault("errors")
 def test_outputs_that_would_collide_are_refused_up_front(model, tmp_path, capsys):
     one, two = _sky(tmp_path / "a/x.fits", seed=1), _sky(tmp_path / "b/x.fits", seed=2)
     shutil.move(two, tmp_path / "b/x.fit")
@@ -232,6 +235,7 @@ def test_resume_redoes_other_models_other_settings_and_damaged_outputs(model, tm
     assert fits.getheader(out / "f0.fits")["ASMHASH"] == file_sha256(other)
 
 
+@pytest.mark.fault("kill")
 def test_a_killed_run_leaves_whole_outputs_and_a_rerun_does_only_the_rest(model, tmp_path):
     for i in range(20):
         _sky(tmp_path / f"in/f{i:02d}.fits", seed=i, size=128)
