@@ -35,12 +35,14 @@ def _not_a_dataset(path: Path) -> str | None:
     """What `path` holds instead, if it is an HDF5 file but not an astroseg dataset."""
     import h5py
 
+    from astroseg.data.dataset import open_dataset_file
+
     if not path.is_file():
         return None
     if not h5py.is_hdf5(path):
         return (f"{path}: not an HDF5 file, so not an astroseg dataset; `astroseg info` reads "
                 "the file the prepare stage writes (data/dataset.h5)")
-    with h5py.File(path, "r") as f:
+    with open_dataset_file(path) as f:
         if "schema_version" in f.attrs:
             return None
         found = [f"{k} {'x'.join(map(str, v.shape))} {v.dtype}" if isinstance(v, h5py.Dataset)

@@ -58,9 +58,16 @@ def describe(exc: BaseException) -> str:
         if exc.errno in _OS_HINTS and exc.strerror and exc.strerror.lower() not in what:
             what = f"{exc.strerror}: {what}"
         return f"{where}: {what}" if where else what
-    if isinstance(exc, MemoryError):
+    if out_of_memory(exc):
         return "out of memory (lower the batch size, chunk or window, or free memory)"
     return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an allocation failure: Python's, torch's CUDA one, or torch's CPU
+    allocator's (a plain RuntimeError)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or \
+        (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 def _log_internal(line: str) -> None:
@@ -86,7 +93,7 @@ def run_main(main: Callable[[], object]) -> int:
         # Under torchrun every rank may fail alike: say which one is speaking.
         rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
         line = describe(exc)
-        if not isinstance(exc, (AstrosegError, OSError, MemoryError)):
+        if not isinstance(exc, (AstrosegError, OSError)) and not out_of_memory(exc):
             _log_internal(line)
             line = (f"internal error: {line} (please report it; rerun with --debug or "
                     f"{DEBUG_ENV}=1 for the traceback)")

@@ -10,9 +10,11 @@ message that names the file, the dotted key and the value, before any stage writ
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
 import re
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,14 +46,25 @@ def _sub(cls: type) -> Any:
 
 # ---------------------------------------------------------------- data (prepare stage)
 
+# Limits where the program has one of its own (a value past one used to pass validation, then
+# crash, hang or silently overflow in the stage):
+FLUX_MAX = 1e6          # synthetic pixels are float32: brightness scales up to this (and their
+                        # products with the band fluxes and the count of galaxies) stay finite
+FLUX_MIN = 1e-30        # ... and a noise level above 0 is at least this
+SIZE_MIN, SIZE_MAX = 1e-3, 1e6   # sizes in pixels (galaxies, bars, the PSF): a Gaussian
+                        # divides by the size squared, and exp() and float32 overflow past these
+SIDE_MAX = 8192         # image or tile side (pixels): one 8192^2 image is 256 MB in float32
+IMAGES_MAX = 2 ** 48    # images per split: synthetic.image_stream keys image i by 48 bits
+
+
 @dataclass(frozen=True)
 class GalaxyParams:
     """Elliptical Gaussian galaxies; the mask is where a galaxy exceeds `mask_level` of its peak."""
-    count: tuple[int, int] = _p((1, 3), ge=0, ordered=True)
+    count: tuple[int, int] = _p((1, 3), ge=0, le=255, ordered=True)   # the file stores uint8
     margin: float = _p(20.0, ge=0)
-    a: tuple[float, float] = _p((4.0, 12.0), gt=0, ordered=True)
-    b: tuple[float, float] = _p((3.0, 10.0), gt=0, ordered=True)
-    peak: tuple[float, float] = _p((0.7, 1.5), gt=0, ordered=True)
+    a: tuple[float, float] = _p((4.0, 12.0), ge=SIZE_MIN, le=SIZE_MAX, ordered=True)
+    b: tuple[float, float] = _p((3.0, 10.0), ge=SIZE_MIN, le=SIZE_MAX, ordered=True)
+    peak: tuple[float, float] = _p((0.7, 1.5), gt=0, le=FLUX_MAX, ordered=True)
     mask_level: float = _p(0.1, gt=0, lt=1)
 
 
@@ -59,27 +72,34 @@ class GalaxyParams:
 class BarParams:
     """Unmasked bars along a galaxy's major axis."""
     probability: float = _p(0.4, ge=0, le=1)
-    length: tuple[float, float] = _p((6.0, 14.0), gt=0, ordered=True)
-    width: tuple[float, float] = _p((1.5, 3.5), gt=0, ordered=True)
-    amplitude: float = _p(0.2, ge=0)
+    length: tuple[float, float] = _p((6.0, 14.0), ge=SIZE_MIN, le=SIZE_MAX, ordered=True)
+    width: tuple[float, float] = _p((1.5, 3.5), ge=SIZE_MIN, le=SIZE_MAX, ordered=True)
+    amplitude: float = _p(0.2, ge=0, le=FLUX_MAX)
 
 
 @dataclass(frozen=True)
 class SpiralParams:
     """Unmasked log-spiral ridges around a galaxy: structure that fools thresholding."""
     probability: float = _p(0.3, ge=0, le=1)
-    turns: tuple[float, float] = _p((1.0, 2.5), ge=0, ordered=True)
+    turns: tuple[float, float] = _p((1.0, 2.5), ge=0, le=1e6, ordered=True)  # in a float32 phase
     arms: int = _p(3, ge=1)
     ridge_level: float = _p(0.9, ge=-1, lt=1)
-    amplitude: float = _p(0.1, ge=0)
+    amplitude: float = _p(0.1, ge=0, le=FLUX_MAX)
 
 
 @dataclass(frozen=True)
 class NoiseParams:
     """Gaussian read noise plus a scaled Poisson term."""
-    gaussian_sigma: float = _p(0.02, ge=0)
+    gaussian_sigma: float = _p(0.02, ge=0, le=FLUX_MAX)
     poisson_rate: float = _p(1.0, ge=0, le=1e4)
-    poisson_scale: float = _p(0.001, ge=0)
+    poisson_scale: float = _p(0.001, ge=0, le=FLUX_MAX)
+
+    def check(self) -> None:
+        # The generator divides by 1e-3 x sigma (it draws galaxies out to that level), which is 0
+        # for a sigma under ~1e-320; and under float32's 1e-38 the pixels hold no noise anyway.
+        if 0 < self.gaussian_sigma < FLUX_MIN:
+            raise ParamsError(f"data.noise.gaussian_sigma = {self.gaussian_sigma:g}: expected 0 "
+                              f"(no Gaussian noise) or at least {FLUX_MIN:g}")
 
 
 @dataclass(frozen=True)
@@ -87,17 +107,19 @@ class BandParams:
     """Several bands (channels) of the synthetic sky: each component's flux in each band,
     relative to the one-band image (colours); the mask and the noise are as in one band."""
     names: tuple[str, ...] = _p(())       # [] = one band, the seed's image
-    galaxy: tuple[float, ...] = _p((), ge=0)
-    bar: tuple[float, ...] = _p((), ge=0)
-    spiral: tuple[float, ...] = _p((), ge=0)
+    galaxy: tuple[float, ...] = _p((), ge=0, le=FLUX_MAX)
+    bar: tuple[float, ...] = _p((), ge=0, le=FLUX_MAX)
+    spiral: tuple[float, ...] = _p((), ge=0, le=FLUX_MAX)
 
     def check(self) -> None:
         if len(set(self.names)) != len(self.names):
-            raise ParamsError(f"data.bands.names = {list(self.names)}: names must be unique")
+            raise ParamsError(f"data.bands.names = {_show(list(self.names))}: names must be "
+                              "unique")
         for key in ("galaxy", "bar", "spiral"):
             if len(getattr(self, key)) != len(self.names):
-                raise ParamsError(f"data.bands.{key} = {list(getattr(self, key))}: expected "
-                                  f"{len(self.names)} values, one per band of data.bands.names")
+                raise ParamsError(f"data.bands.{key} = {_show(list(getattr(self, key)))}: "
+                                  f"expected {len(self.names)} values, one per band of "
+                                  "data.bands.names")
 
 
 @dataclass(frozen=True)
@@ -110,16 +132,21 @@ class RealisticParams:
     """
     mask_nsigma: float = _p(1.5, gt=0)      # truth: noiseless source model > this x sigma
     mask_npixels: int = _p(5, ge=1)         # ... in components of at least this many pixels
-    fwhm: tuple[float, float] = _p((1.2, 8.0), gt=0, ordered=True)   # PSF (pixels), log-uniform
+    fwhm: tuple[float, float] = _p((1.2, 8.0), gt=0, le=SIZE_MAX, ordered=True)  # PSF (pixels),
+                                            # log-uniform; the truth table holds it in float32
     moffat: float = _p(0.7, ge=0, le=1)     # fraction of images with a Moffat PSF, else Gaussian
     moffat_beta: tuple[float, float] = _p((2.0, 5.0), gt=1, ordered=True)
-    sky: tuple[float, float] = _p((10.0, 20000.0), ge=0, ordered=True)   # electrons per pixel
-    gain: tuple[float, float] = _p((0.5, 5.0), gt=0, ordered=True)       # electrons per count
-    read_noise: tuple[float, float] = _p((2.0, 15.0), ge=0, ordered=True)  # electrons
+    # Upper bounds: numpy's Poisson draws take a mean up to ~1e19 electrons, and a frame holds
+    # 128^2 x galaxies / 128^2 sources (1e6: a minute per image); the lowest gain: counts =
+    # electrons / gain stay finite in float32. Each is orders of magnitude past real detectors.
+    sky: tuple[float, float] = _p((10.0, 20000.0), ge=0, le=1e9, ordered=True)  # electrons/px
+    gain: tuple[float, float] = _p((0.5, 5.0), ge=1e-3, le=1e6, ordered=True)  # electrons/count
+    read_noise: tuple[float, float] = _p((2.0, 15.0), ge=0, le=1e6, ordered=True)  # electrons
     full_well: tuple[float, float] = _p((2e4, 2e5), gt=0, ordered=True)  # electrons: saturation
-    gradient: tuple[float, float] = _p((0.0, 3.0), ge=0, ordered=True)   # sky slope across the
-                                            # image, in sigma
-    galaxies: tuple[float, float] = _p((4.0, 400.0), ge=0, ordered=True)  # mean per 128^2 px
+    gradient: tuple[float, float] = _p((0.0, 3.0), ge=0, le=1e3, ordered=True)  # sky slope
+                                            # across the image, in sigma
+    galaxies: tuple[float, float] = _p((4.0, 400.0), ge=0, le=1e4, ordered=True)  # mean per
+                                            # 128^2 px
     galaxy_flux: tuple[float, float] = _p((2.0, 1e5), gt=0, ordered=True)  # x sigma
     galaxy_slope: tuple[float, float] = _p((0.4, 1.2), gt=0, ordered=True)  # N(>F) ~ F^-slope
     sersic_n: tuple[float, float] = _p((0.5, 4.0), ge=0.3, le=8, ordered=True)
@@ -127,7 +154,7 @@ class RealisticParams:
                                             # (pixels) at 100 sigma; grows as flux^0.3
     axis_ratio: tuple[float, float] = _p((0.2, 1.0), gt=0, le=1, ordered=True)
     bulge: float = _p(0.3, ge=0, le=1)      # fraction of galaxies drawn as bulge + disc
-    stars: tuple[float, float] = _p((0.5, 300.0), ge=0, ordered=True)   # mean per 128^2 px
+    stars: tuple[float, float] = _p((0.5, 300.0), ge=0, le=1e5, ordered=True)  # per 128^2 px
     star_flux: tuple[float, float] = _p((3.0, 1e7), gt=0, ordered=True)   # x sigma
     star_slope: tuple[float, float] = _p((0.3, 0.8), gt=0, ordered=True)
     correlated_noise: float = _p(0.3, ge=0, le=1)   # probabilities per image: drizzle-like
@@ -152,7 +179,7 @@ class FitsParams:
     mask_hdu: str = _p("")
     bad_pixels: str = _p("")                # optional glob of bad-pixel maps (nonzero = bad)
     bad_pixel_hdu: str = _p("")             # or an HDU of the image file (e.g. DQ), nonzero = bad
-    tile: int = _p(128, ge=8)
+    tile: int = _p(128, ge=8, le=SIDE_MAX)
     stride: int = _p(96, ge=1)
     skip_empty: bool = _p(False)            # drop tiles without any source pixel
     split: str = _p("auto", choices=("auto", "field", "block"))   # astroseg.data.blocks
@@ -163,7 +190,8 @@ class FitsParams:
 
     def check(self) -> None:
         if len(set(self.bands)) != len(self.bands):
-            raise ParamsError(f"data.fits.bands = {list(self.bands)}: entries must be unique")
+            raise ParamsError(f"data.fits.bands = {_show(list(self.bands))}: entries must be "
+                              "unique")
         if self.stride > self.tile:
             raise ParamsError(f"data.fits.stride = {self.stride} exceeds data.fits.tile = "
                               f"{self.tile}: tiles would leave gaps")
@@ -172,6 +200,20 @@ class FitsParams:
                               "to leave fields (or blocks) for training")
         if self.split == "block":
             self.check_block()
+        if self.hdu or self.mask_hdu or self.bad_pixel_hdu:
+            self.check_hdus()
+
+    def check_hdus(self) -> None:
+        """Raise unless the FITS reader takes each HDU as written: an index, EXTNAME or NAME,VER."""
+        from astroseg.data.fits_io import parse_hdu   # astropy: only where an HDU is named
+
+        for key in ("hdu", "mask_hdu", "bad_pixel_hdu"):
+            value = getattr(self, key)
+            try:   # int() refuses some of what str.isdigit() takes: '²', 5000 digits
+                parse_hdu(value[:-2] if key == "bad_pixel_hdu" and value.endswith("=0") else value)
+            except ValueError:
+                raise ParamsError(f"data.fits.{key} = {_show(value)}: expected an HDU index "
+                                  "(digits 0-9), an EXTNAME or NAME,VER") from None
 
     def check_block(self) -> None:
         """Raise unless a block can hold a tile inside its guard band."""
@@ -189,11 +231,11 @@ class DataParams:
     classes: str = _p("binary", choices=("binary", "morphology"))
     normalize: str = _p("minmax", choices=("minmax", "zscale", "asinh", "noise"))
     seed: int = _p(1234, ge=0, le=2 ** 64 - 1)
-    height: int = _p(128, ge=8)
-    width: int = _p(128, ge=8)
-    n_train: int = _p(1600, ge=1)
-    n_val: int = _p(120, ge=1)
-    n_test: int = _p(120, ge=1)
+    height: int = _p(128, ge=8, le=SIDE_MAX)
+    width: int = _p(128, ge=8, le=SIDE_MAX)
+    n_train: int = _p(1600, ge=1, le=IMAGES_MAX)
+    n_val: int = _p(120, ge=1, le=IMAGES_MAX)
+    n_test: int = _p(120, ge=1, le=IMAGES_MAX)
     chunk: int = _p(64, ge=1)
     workers: int = _p(0, ge=0)
     galaxies: GalaxyParams = _sub(GalaxyParams)
@@ -239,8 +281,9 @@ class DataParams:
                                   "saturated star would squash the rest to 0; use noise (or "
                                   "asinh), as a real frame needs")
             if self.bands.names:
-                raise ParamsError(f"data.bands.names = {list(self.bands.names)}: the realistic "
-                                  "sky renders one band; use data.sky = seed for several")
+                raise ParamsError(f"data.bands.names = {_show(list(self.bands.names))}: the "
+                                  "realistic sky renders one band; use data.sky = seed for "
+                                  "several")
             return
         if self.classes == "morphology":
             raise ParamsError(f"data.classes = morphology with data.source = {self.source}, "
@@ -255,15 +298,28 @@ class DataParams:
 
 # ---------------------------------------------------------------- model, loss, train
 
+WIDTH_MAX = 16384       # channels: past this one 1x1 layer alone is over 1 GB; and past 2^63
+                        # torch cannot even express the shape
+DEPTH_MAX = 64          # blocks per stage (MiT-B5's deepest stage has 40)
+MLP_RATIO_MAX = 16.0    # feed-forward width over the block's (4 in SegFormer and ViT)
+
+
+def _hidden_width(key: str, dim: int, dim_key: str, ratio: float) -> None:
+    """Raise unless a block of width `dim` gets a feed-forward layer at least 1 wide."""
+    if int(dim * ratio) < 1:
+        raise ParamsError(f"{key} = {ratio:g} gives {dim_key} = {dim} a feed-forward width of "
+                          f"{int(dim * ratio)}; expected {key} x {dim} >= 1")
+
+
 @dataclass(frozen=True)
 class TinySegFormerParams:
     """The seed notebook's single-scale transformer with a full-resolution conv decoder."""
-    embed_dim: int = _p(128, ge=2)
-    depth: int = _p(4, ge=1)
+    embed_dim: int = _p(128, ge=2, le=WIDTH_MAX)
+    depth: int = _p(4, ge=1, le=DEPTH_MAX)
     num_heads: int = _p(4, ge=1)
-    mlp_ratio: float = _p(3.0, gt=0)
-    patch_size: int = _p(8, ge=1)
-    overlap: float = _p(0.5, ge=0)
+    mlp_ratio: float = _p(3.0, gt=0, le=MLP_RATIO_MAX)
+    patch_size: int = _p(8, ge=1, le=SIDE_MAX)
+    overlap: float = _p(0.5, ge=0, le=8)     # the patch kernel spans 1 + overlap patches
     dropout: float = _p(0.0, ge=0, lt=1)
     attn_dropout: float = _p(0.0, ge=0, lt=1)
     pos_encoding: str = _p("absolute", choices=("absolute", "relative_bias"))
@@ -272,19 +328,21 @@ class TinySegFormerParams:
         if self.embed_dim % self.num_heads:
             raise ParamsError(f"model.tiny_segformer.embed_dim = {self.embed_dim} is not divisible "
                               f"by model.tiny_segformer.num_heads = {self.num_heads}")
+        _hidden_width("model.tiny_segformer.mlp_ratio", self.embed_dim,
+                      "model.tiny_segformer.embed_dim", self.mlp_ratio)
 
 
 @dataclass(frozen=True)
 class SegFormerParams:
     """Hierarchical Mix-Transformer encoder + all-MLP decoder; one list entry per stage."""
-    dims: tuple[int, ...] = _p((32, 64, 160, 256), ge=1)
-    depths: tuple[int, ...] = _p((2, 2, 2, 2), ge=1)
+    dims: tuple[int, ...] = _p((32, 64, 160, 256), ge=1, le=WIDTH_MAX)
+    depths: tuple[int, ...] = _p((2, 2, 2, 2), ge=1, le=DEPTH_MAX)
     heads: tuple[int, ...] = _p((1, 2, 5, 8), ge=1)
     sr_ratios: tuple[int, ...] = _p((8, 4, 2, 1), ge=1)
     first_stride: int = _p(4, ge=1)
-    mlp_ratio: float = _p(4.0, gt=0)
-    decoder_dim: int = _p(128, ge=1)
-    refine_dim: int = _p(32, ge=0)
+    mlp_ratio: float = _p(4.0, gt=0, le=MLP_RATIO_MAX)
+    decoder_dim: int = _p(128, ge=1, le=WIDTH_MAX)
+    refine_dim: int = _p(32, ge=0, le=WIDTH_MAX)
     drop_path: float = _p(0.0, ge=0, lt=1)
     attn_dropout: float = _p(0.0, ge=0, lt=1)
     dropout: float = _p(0.1, ge=0, lt=1)   # MC dropout (evaluate.mc_samples) samples with it
@@ -298,12 +356,25 @@ class SegFormerParams:
         n = len(self.dims)
         for key in ("depths", "heads", "sr_ratios"):
             if len(getattr(self, key)) != n:
-                raise ParamsError(f"model.segformer.{key} = {list(getattr(self, key))}: expected "
-                                  f"{n} values, one per stage of model.segformer.dims")
+                raise ParamsError(f"model.segformer.{key} = {_show(list(getattr(self, key)))}: "
+                                  f"expected {n} values, one per stage of model.segformer.dims")
         for i, (dim, heads) in enumerate(zip(self.dims, self.heads)):
             if dim % heads:
                 raise ParamsError(f"model.segformer.dims[{i}] = {dim} is not divisible by "
                                   f"model.segformer.heads[{i}] = {heads}")
+        i = self.dims.index(min(self.dims))
+        _hidden_width("model.segformer.mlp_ratio", self.dims[i], f"model.segformer.dims[{i}]",
+                      self.mlp_ratio)
+
+    def check_size(self, key: str, size: int) -> None:
+        """Raise unless each stage's keys/values, shrunk sr_ratio times per side, keep a token:
+        the reduction is a conv whose kernel may not exceed the stage's token map."""
+        for i, ratio in enumerate(self.sr_ratios):
+            tokens = size // (self.first_stride * 2 ** i)
+            if ratio > tokens:
+                raise ParamsError(f"model.segformer.sr_ratios[{i}] = {ratio} exceeds the {tokens} "
+                                  f"tokens per side of stage {i} at {key} = {size}; use at most "
+                                  f"{tokens}")
 
 
 @dataclass(frozen=True)
@@ -418,7 +489,7 @@ class PlotsParams:
         import matplotlib  # only here: every stage validates params, few draw
 
         if self.cmap not in matplotlib.colormaps:
-            raise ParamsError(f"plots.cmap = {self.cmap!r}: not a matplotlib colormap "
+            raise ParamsError(f"plots.cmap = {_show(self.cmap)}: not a matplotlib colormap "
                               "(e.g. magma, viridis, gray)")
 
 
@@ -442,10 +513,15 @@ class Params:
             sides = (("data.height", self.data.height), ("data.width", self.data.width))
         for key, size in sides:
             if size % stride:
-                raise ParamsError(f"{key} = {size} is not a multiple of {stride}, the total stride "
-                                  f"of model.name = {name} (model.segformer.first_stride x "
-                                  f"2^(stages - 1)); use {max(stride, size // stride * stride)} "
-                                  f"or {(size // stride + 1) * stride}")
+                # Past SIDE_MAX no side is a multiple (and 2^stages may have thousands of digits).
+                use = (f"use {max(stride, size // stride * stride)} or "
+                       f"{(size // stride + 1) * stride}" if stride <= SIDE_MAX else
+                       "use fewer stages or a smaller first_stride")
+                raise ParamsError(f"{key} = {size} is not a multiple of {_show(stride)}, the total "
+                                  f"stride of model.name = {name} (model.segformer.first_stride x "
+                                  f"2^(stages - 1)); {use}")
+            if name == "segformer":
+                self.model.segformer.check_size(key, size)
         classes = self.data.class_names()
         k = self.model.num_classes
         allowed = (1, 2) if len(classes) == 2 else (len(classes),)
@@ -465,38 +541,80 @@ class Params:
 
 # ---------------------------------------------------------------- parsing
 
+class _ShortRepr(reprlib.Repr):
+    """repr() cut to a few dozen characters however long or deep the value (a 5 MB list, an
+    alias bomb), and an int too long for Python to print as its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = self.maxlong = 60
+        self.maxlist = self.maxtuple = self.maxset = self.maxdict = 8
+        self.maxlevel = 3
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 10_000:    # past sys.get_int_max_str_digits(): repr() raises
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_show = _ShortRepr().repr
+
+
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{_show(value)} ({type(value).__name__})"
 
 
 # A number PyYAML (YAML 1.1) reads as a string: `1e-3` and `5E+2` lack the dot it requires.
-_NUMERIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# ASCII digits only: Python's \d and float() also take '١٢' (Arabic-Indic twelve).
+_NUMERIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", re.ASCII)
+_INTEGER = re.compile(r"[-+]?\d+", re.ASCII)
 
 
 def _number(value: Any, kind: type, key: str) -> int | float:
+    written = value
     if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
-        value = float(value)
+        text = value.strip()
+        # An integer exactly, not rounded through a float ('18446744073709551615' is 2^64 - 1).
+        # One of hundreds of digits is out of every range, and int() refuses thousands.
+        value = int(text) if _INTEGER.fullmatch(text) and len(text) <= 400 else float(text)
     # bool is an int subclass in Python; `epochs: true` is a typo, not 1.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ParamsError(f"{key} = {_describe(value)}: expected {kind.__name__}")
     if kind is int:
         if isinstance(value, float) and not value.is_integer():
-            raise ParamsError(f"{key} = {value!r}: expected an integer")
+            raise ParamsError(f"{key} = {_show(written)}: expected an integer")
         return int(value)
-    if not math.isfinite(value):
-        raise ParamsError(f"{key} = {value!r}: expected a finite number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:       # an int past the largest float (YAML ints have no limit)
+        number = math.inf
+    if not math.isfinite(number):
+        raise ParamsError(f"{key} = {_show(written)}: expected a finite number")
+    return number
 
 
 _BOUNDS = (("ge", operator.ge, ">="), ("gt", operator.gt, ">"),
            ("le", operator.le, "<="), ("lt", operator.lt, "<"))
 
 
-def _check_bounds(value: float, meta: dict, key: str) -> None:
+# numpy, torch and HDF5 take ints in 64 bits: an int without a bound of its own stays under this
+INT_MAX = 2 ** 63 - 1
+
+
+def _check_bounds(value: float, meta: dict, key: str, kind: type = float) -> None:
     for name, holds, symbol in _BOUNDS:
         bound = meta[name]
         if bound is not None and not holds(value, bound):
-            raise ParamsError(f"{key} = {value!r} is out of range: expected {symbol} {bound:g}")
+            raise ParamsError(f"{key} = {_show(value)} is out of range: expected {symbol} "
+                              f"{bound:g}")
+    if kind is int and meta["le"] is None and meta["lt"] is None and value > INT_MAX:
+        raise ParamsError(f"{key} = {_show(value)} is out of range: expected <= 2^63 - 1")
+
+
+def _is_text(value: Any) -> bool:
+    # Every string param is a name, a choice or a path: a NUL makes open() and glob raise, and
+    # a line break or an escape sequence would break the one-line messages that quote it.
+    return isinstance(value, str) and value.isprintable()
 
 
 def _parse_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
@@ -509,20 +627,20 @@ def _parse_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
             if not isinstance(value, (list, tuple)) or not (value or meta.get("empty")):
                 raise ParamsError(f"{key} = {_describe(value)}: expected a non-empty list")
             if kinds[0] is str:
-                bad = next((i for i, v in enumerate(value) if not isinstance(v, str) or not v), None)
+                bad = next((i for i, v in enumerate(value) if not _is_text(v) or not v), None)
                 if bad is not None:
                     raise ParamsError(f"{key}[{bad}] = {_describe(value[bad])}: expected a "
-                                      "non-empty string")
+                                      "non-empty string of printable characters")
                 return tuple(value)
             kinds = (kinds[0],) * len(value)
         elif not isinstance(value, (list, tuple)) or len(value) != len(kinds):
             raise ParamsError(f"{key} = {_describe(value)}: expected a list [low, high] "
                               f"of {len(kinds)} numbers")
         items = tuple(_number(v, k, f"{key}[{i}]") for i, (v, k) in enumerate(zip(value, kinds)))
-        for item in items:
-            _check_bounds(item, meta, key)
+        for item, kind in zip(items, kinds):
+            _check_bounds(item, meta, key, kind)
         if meta.get("ordered") and items[0] > items[1]:
-            raise ParamsError(f"{key} = {list(value)}: expected low <= high")
+            raise ParamsError(f"{key} = {_show(list(value))}: expected low <= high")
         return items
     if hint is bool:
         if not isinstance(value, bool):
@@ -535,13 +653,21 @@ def _parse_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
             value = "true" if value else "false"   # YAML's true in a choice such as auto|true|false
         if not isinstance(value, str):
             raise ParamsError(f"{key} = {_describe(value)}: expected a string")
+        if not _is_text(value):
+            raise ParamsError(f"{key} = {_show(value)}: expected printable characters, without "
+                              "line breaks or control characters")
         if meta["choices"] and value not in meta["choices"]:
-            raise ParamsError(f"{key} = {value!r}: expected one of {', '.join(meta['choices'])}")
+            raise ParamsError(f"{key} = {_show(value)}: expected one of "
+                              f"{', '.join(meta['choices'])}")
         return value
     number = _number(value, hint, key)
     # The value as written, so the message quotes the user (-5, not -5.0).
-    _check_bounds(number if isinstance(value, str) else value, meta, key)
+    _check_bounds(number if isinstance(value, str) else value, meta, key, hint)
     return number
+
+
+# The annotations are strings (`from __future__ import annotations`): evaluate them once per class.
+_type_hints = functools.cache(typing.get_type_hints)
 
 
 def parse_section(cls: type, raw: Any, prefix: str) -> Any:
@@ -550,11 +676,14 @@ def parse_section(cls: type, raw: Any, prefix: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{prefix or 'params'} = {_describe(raw)}: expected a mapping of keys")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
-        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        name = unknown[0]
+        if not (isinstance(name, str) and _is_text(name) and len(name) <= 60):
+            name = _show(name)     # one short line, whatever the key
+        where = f"{prefix}.{name}" if prefix else name
         raise ParamsError(f"{where}: unknown key (expected one of {', '.join(fields)})")
     values = {}
     for name, f in fields.items():
@@ -589,16 +718,28 @@ def dump_params(params: Params) -> str:
     return yaml.dump(to_dict(params), Dumper=_Dumper, sort_keys=False)
 
 
+# The repo's params.yaml is 10 kB. A file past this is some other file, which PyYAML could take
+# minutes to parse (and /dev/zero never ends): read no more of it.
+PARAMS_FILE_MAX = 1 << 20
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; raise ParamsError naming the file and the bad key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:
+            data = f.read(PARAMS_FILE_MAX + 1)
+        if len(data) > PARAMS_FILE_MAX:
+            raise ParamsError(f"{path}: over {PARAMS_FILE_MAX >> 20} MB, too large for a params "
+                              "file (the repo's is 10 kB); is it the right file?")
+        raw = yaml.safe_load(data.decode("utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    # ValueError: PyYAML builds `2024-13-01` as a date and a 5000-digit number as an int, and
+    # both raise it; RecursionError: lists nested a few hundred deep.
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as exc:
         detail = " ".join(str(exc).split())
-        raise ParamsError(f"{path}: not a readable YAML file: {detail}") from None
+        raise ParamsError(f"{path}: not a readable YAML file: {detail[:300]}") from None
     try:
         return parse_section(Params, raw, "")
     except ParamsError as exc:

@@ -240,6 +240,22 @@ def test_an_unexpected_exception_is_an_internal_error_line(monkeypatch, tmp_path
 
 
 @pytest.mark.fault("errors")
+@pytest.mark.parametrize("exc", [MemoryError(), RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
+    "to allocate 4398046511104 bytes")])
+def test_out_of_memory_is_one_line_with_advice(exc, capsys, monkeypatch):
+    from astroseg.errors import run_main
+
+    monkeypatch.delenv("ASTROSEG_DEBUG", raising=False)
+
+    def allocate() -> None:
+        raise exc
+    assert run_main(allocate) == 1
+    assert capsys.readouterr().err == ("error: out of memory (lower the batch size, chunk or "
+                                       "window, or free memory)\n")
+
+
+@pytest.mark.fault("errors")
 def test_an_interrupt_is_one_line_and_status_130(capsys, monkeypatch):
     from astroseg.errors import run_main
 

@@ -259,7 +259,7 @@ def test_every_option_has_help_and_shows_its_default():
             if action.dest == "help":
                 continue
             assert action.help, f"{name} {action.dest} has no help"
-            if action.default is not None:
+            if action.default not in (None, argparse.SUPPRESS):
                 assert f"(default: {action.default})" in text, (name, action.dest)
 
 

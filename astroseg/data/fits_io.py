@@ -16,6 +16,14 @@ What real files bring and how it is handled:
     preparation and prediction both read through it, so they cannot disagree on validity.
   - Tile-compressed images (RICE_1, GZIP_1/2, HCOMPRESS_1, PLIO_1) are read through the same
     section access; corrupt tile data, like a truncated file, is a DataError naming the file.
+    Where the compressed HDU has a DATASUM, its data are checked against it on opening: damaged
+    tiles often decompress without any error, to wrong pixels.
+  - Damaged or hostile headers are refused before any pixel is read (astroseg.data.fits_checks).
+    `walk_hdus` reads the sizing cards of every HDU before astropy parses the file: data
+    declared past the end of the file (a truncated copy, or NAXISn of 100000 over a few
+    blocks: nothing is allocated for them), NAXIS beyond the standard's 999 (astropy would list that many axes), BITPIX other
+    than 8/16/32/64/-32/-64. Then the chosen HDU's BSCALE/BZERO must be numbers, and a
+    compressed HDU's table must hold the tiles its ZNAXISn/ZTILEn declare.
 Big images are read in row blocks through `ImageSource.rows`, which uses astropy's section
 access on a memory-mapped file, so a survey image need not fit in memory.
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -33,20 +42,10 @@ import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 
+from astroseg.data.fits_checks import (HEADER_ERRORS, READ_ERRORS, check_compressed,
+                                       check_values, header_errors, walk_hdus)
+from astroseg.data.png_io import png_pixels
 from astroseg.errors import DataError
-
-try:   # raised by the RICE, HCOMPRESS and PLIO decoders of tile-compressed images
-    from astropy.io.fits.hdu.compressed._compression import CfitsioException
-except ImportError:   # a private module: if astropy moves it, the other types still apply
-    class CfitsioException(Exception):
-        """Placeholder for astropy's private decompression error."""
-
-# What reading pixels can raise on a truncated file or corrupt compressed tiles: OSError
-# (truncated memmap, gzip.BadGzipFile), zlib.error and EOFError (GZIP_1/2 tiles),
-# CfitsioException (RICE_1, HCOMPRESS_1, PLIO_1), ValueError/IndexError (a tile that
-# decompresses to the wrong size), TypeError, OverflowError (absurd tile lengths).
-_READ_ERRORS = (OSError, ValueError, TypeError, EOFError, IndexError, OverflowError, zlib.error,
-                CfitsioException)
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz", ".fit.fz", ".fz")
 PNG_SUFFIXES = (".png",)
@@ -93,11 +92,14 @@ def _describe(hdul: fits.HDUList) -> str:
     # From the headers only: touching `.data` of a scaled image opened memory-mapped raises.
     parts = []
     for i, h in enumerate(hdul):
-        naxis = [h.header.get(f"NAXIS{n}", 0) for n in range(h.header.get("NAXIS", 0), 0, -1)]
-        if isinstance(h, (fits.BinTableHDU, fits.TableHDU)):
-            shape = f"{naxis[0]} rows"
-        else:
-            shape = "x".join(map(str, naxis)) if naxis and 0 not in naxis else "no data"
+        try:
+            naxis = [h.header.get(f"NAXIS{n}", 0) for n in range(h.header.get("NAXIS", 0), 0, -1)]
+            if isinstance(h, (fits.BinTableHDU, fits.TableHDU)):
+                shape = f"{naxis[0]} rows"
+            else:
+                shape = "x".join(map(str, naxis)) if naxis and 0 not in naxis else "no data"
+        except HEADER_ERRORS:   # a compressed HDU's damaged ZNAXISn: say so, list the others
+            shape = "invalid header"
         ver = h.header.get("EXTVER")   # several chips of one name: SCI,1 SCI,2 ...
         name = f"{h.name or '?'},{ver}" if ver and h.name else h.name or "?"
         parts.append(f"{i}:{name} {type(h).__name__} ({shape})")
@@ -107,7 +109,10 @@ def _describe(hdul: fits.HDUList) -> str:
 def _image_shape(hdu: fits.hdu.base.ExtensionHDU) -> tuple[int, ...] | None:
     if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
         return None
-    shape = hdu.shape
+    try:
+        shape = hdu.shape
+    except HEADER_ERRORS:    # a shape astropy cannot work out is no image to read
+        return None
     if len(shape) < 2 or 0 in shape:
         return None
     return shape
@@ -187,7 +192,7 @@ class ImageSource:
             lead = (0,) * (len(self._hdu.shape) - 2)   # single-plane cube: plane 0
             try:
                 stored = self._hdu.section[lead + (slice(y0, y1), slice(None))]
-            except _READ_ERRORS as exc:
+            except READ_ERRORS as exc:
                 detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
                 if isinstance(self._hdu, fits.CompImageHDU):
                     kind = getattr(self._hdu, "compression_type", None) or "tile-compressed"
@@ -242,9 +247,10 @@ def open_image(path: str | os.PathLike, hdu: int | str | None = None,
             if src._hdul is None:
                 raise DataError(f"{path}: a PNG image has no HDUs, so no bad-pixel HDU "
                                 f"{bad_pixel_hdu!r}; give a bad-pixel map file instead")
-            h = _select_hdu(src._hdul, bad_pixel_hdu, path,
-                            " (weight map)" if weight else " (bad-pixel flags)")
-            flags = _fits_source(path, src._hdul, h, owner=False)
+            with header_errors(path):
+                h = _select_hdu(src._hdul, bad_pixel_hdu, path,
+                                " (weight map)" if weight else " (bad-pixel flags)")
+                flags = _fits_source(path, src._hdul, h, owner=False)
             flags.zero_is_bad = weight
             check_same_shape(path, src.shape, flags.shape, f"HDU {h.name or bad_pixel_hdu}")
             src.flags.append(flags)
@@ -264,7 +270,8 @@ def _open_one(path: Path, hdu: int | str | None) -> ImageSource:
         return _open_png(path)
     hdul = _open_fits(path)
     try:
-        return _fits_source(path, hdul, _select_hdu(hdul, hdu, path), owner=True)
+        with header_errors(path):
+            return _fits_source(path, hdul, _select_hdu(hdul, hdu, path), owner=True)
     except Exception:
         hdul.close()
         raise
@@ -274,12 +281,17 @@ def _fits_source(path: Path, hdul: fits.HDUList, h, owner: bool) -> ImageSource:
     shape = h.shape
     if any(n != 1 for n in shape[:-2]):
         raise DataError(f"{path}: HDU {h.name} is a cube of shape {shape}; expected a 2-D "
-                        "image or a single plane")
+                        "image or a single plane (write the plane to segment to a file of "
+                        "its own)")
+    check_values(path, h)
+    if isinstance(h, fits.CompImageHDU):
+        check_compressed(path, hdul.index(h), h)
     return ImageSource(path, tuple(shape[-2:]), _inherited_header(hdul, h),
                        hdul if owner else None, h)
 
 
 def _open_fits(path: Path) -> fits.HDUList:
+    walk_hdus(path)
     # Stored values, unscaled: lets astropy memory-map scaled images too, and BLANK is compared
     # in stored units by _physical. astropy drops an HDU it cannot parse (a truncated file) with
     # only a warning: make it an error, since reading on would use the wrong HDU or none.
@@ -288,7 +300,7 @@ def _open_fits(path: Path) -> fits.HDUList:
         try:
             hdul = fits.open(path, memmap=True, lazy_load_hdus=False,
                              do_not_scale_image_data=True)
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, EOFError, *HEADER_ERRORS) as exc:
             raise DataError(f"{path}: not a readable FITS file ({exc})") from None
     problems = [w for w in caught if issubclass(w.category, VerifyWarning)
                 and "Error validating header" in str(w.message)]
@@ -306,12 +318,14 @@ def _open_png(path: Path) -> ImageSource:
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as img:
-            mode = img.mode
-            # 'F' keeps 16-bit grey levels; colour images become luminance.
-            arr = np.asarray(img.convert("F") if mode in ("I", "I;16", "F", "L")
-                             else img.convert("L").convert("F"), dtype=np.float32)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: not a readable PNG image ({exc})") from None
+            arr = png_pixels(path, img)
+    # What Pillow raises on damaged files: OSError (truncated), SyntaxError (a broken chunk),
+    # ValueError, EOFError, struct.error, zlib.error; DecompressionBombError for a header
+    # declaring more pixels than Pillow will allocate (checked before allocating).
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
+            zlib.error, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: not a readable PNG image ({' '.join(str(exc).split())})"
+                        ) from None
     return ImageSource(path, arr.shape, None, None, None, _array=arr)
 
 

@@ -156,8 +156,11 @@ def wcs_header(header: fits.Header | None) -> fits.Header:
         warnings.simplefilter("ignore", AstropyWarning)   # astropy's fixes of old WCS dialects
         try:
             wcs = WCS(header)
-        except (ValueError, KeyError, TypeError, MemoryError):
-            return fits.Header()   # an unreadable WCS: the labels are still pixel for pixel
+        # An unreadable WCS: the labels are still pixel for pixel. astropy raises many types on
+        # a broken one: ValueError, KeyError, AttributeError (a CTYPE that is a number),
+        # MemoryError (an absurd SIP order), ...
+        except Exception:
+            return fits.Header()
         if not wcs.has_celestial:
             return fits.Header()
         # relax: SIP distortion cards go along, so sky positions match the image's exactly.

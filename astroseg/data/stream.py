@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from astroseg.data.dataset import as_channels, open_split, with_ignore
+from astroseg.data.dataset import (IGNORE, as_channels, check_classes, class_count, open_split,
+                                   read_attrs, with_ignore)
 from astroseg.errors import DataError
 
 BLOCKS_PER_BUFFER_MAX = 64
@@ -37,6 +38,7 @@ class StreamedSplit:
     block_rows: int           # rows per block: the file's HDF5 chunk rows
     buffer_rows: int
     workers: int = 2
+    classes: int = IGNORE     # mask values allowed: 0 .. classes - 1 (the file's class names)
 
     def __len__(self) -> int:
         return self.n
@@ -52,11 +54,12 @@ def streamed(path: str | os.PathLike, split: str, max_memory_gb: float,
         images = group["images"]
         n, shape = images.shape[0], tuple(images.shape[1:])
         block = images.chunks[0] if images.chunks else 1
+    classes = class_count(read_attrs(path))
     row = math.prod(shape) * 4 + math.prod(shape[-2:])    # a float32 image, its uint8 mask
     in_flight = PREFETCH * workers + 2
     blocks = int(max_memory_gb * 1e9 / in_flight / (row * block))
     buffer = block * max(1, min(BLOCKS_PER_BUFFER_MAX, blocks))
-    return StreamedSplit(path, split, n, shape, block, buffer, workers)
+    return StreamedSplit(path, split, n, shape, block, buffer, workers, classes)
 
 
 def block_order(n: int, block: int, buffer: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -95,7 +98,11 @@ class _Rows(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.wanted[i]
-        group, block = self._group(), self.s.block_rows
+        block = self.s.block_rows
+        try:
+            group = self._group()
+        except (KeyError, OSError, RuntimeError) as exc:   # replaced or damaged since opened
+            raise DataError(f"{self.s.path}: cannot open split '{self.s.split}': {exc}") from None
         images = np.empty((len(rows), *self.s.shape), np.float32)
         masks = np.empty((len(rows), *self.s.shape[-2:]), np.uint8)
         firsts = rows // block * block
@@ -105,11 +112,15 @@ class _Rows(Dataset):
             try:
                 block_images = group["images"][first:stop]
                 block_masks = group["masks"][first:stop]
+                check_classes(block_masks, self.s.classes, f"{self.s.path}: {self.s.split}/masks "
+                              f"rows {first}-{stop - 1}")
                 if "valid" in group:
                     block_masks = with_ignore(block_masks, group["valid"][first:stop])
-            except (KeyError, OSError) as exc:
+            except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
                 raise DataError(f"{self.s.path}: cannot read rows {first}-{stop - 1} of split "
                                 f"'{self.s.split}': {exc}") from None
+            with np.errstate(over="ignore"):   # a float64 beyond float32's range: inf, refused
+                block_images = block_images.astype(np.float32, copy=False)
             if not np.isfinite(block_images).all():
                 raise DataError(f"{self.s.path}: {self.s.split}/images rows {first}-{stop - 1} "
                                 "hold NaN or infinite values")
