@@ -207,9 +207,9 @@ def test_wilson_interval_brackets_the_fraction_and_stays_in_unit_range():
 
 @pytest.mark.fault("missing-data")
 def test_missing_and_bad_inputs_name_the_file_and_the_stage(tmp_path):
-    with pytest.raises(DataError, match=r"baseline\.json: not found \(the baseline stage"):
+    with pytest.raises(DataError, match=r"baseline\.json: input not found; the baseline stage writes it: run `dvc repro`"):
         read_json(tmp_path / "baseline.json", "baseline")
-    with pytest.raises(DataError, match=r"pr_curve\.csv: not found \(the evaluate stage"):
+    with pytest.raises(DataError, match=r"pr_curve\.csv: input not found; the evaluate stage writes it"):
         read_table(tmp_path / "pr_curve.csv", PR_COLUMNS, "evaluate")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match=r"bad\.json: not valid JSON.*evaluate"):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 import torch
 
-from astroseg.atomic import atomic_output
+from astroseg.atomic import atomic_h5
 from astroseg.errors import DataError, missing_output
 
 SCHEMA_VERSION = 1
@@ -91,6 +91,7 @@ class SplitWriter:
     """
     group: h5py.Group
     rows: int                  # per HDF5 chunk
+    check: Callable[[], None] = lambda: None   # raises if a write to the file has failed
     _next: int = 0
     _held: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
@@ -119,6 +120,7 @@ class SplitWriter:
             self._held.setdefault(key, []).append(values)
         self._next = stop
         self._write_chunks(final=False)
+        self.check()    # a full disk stops the run here, not after the last split
 
     def close(self) -> None:
         """Write the held rows (the last, partial chunk)."""
@@ -147,18 +149,24 @@ class DatasetWriter:
     def __init__(self, path: str | os.PathLike, attrs: dict[str, Any]):
         self.path = Path(path)
         self.attrs = attrs
-        self._atomic = atomic_output(self.path)
+        self._stack: contextlib.ExitStack | None = None
         self._file: h5py.File | None = None
+        self._check: Callable[[], None] = lambda: None
         self._splits: list[SplitWriter] = []
 
     def __enter__(self) -> DatasetWriter:
-        tmp = self._atomic.__enter__()
-        # No chunk cache: every chunk goes to the file when written, in write order. A cache
-        # flushes chunks in an order of its own, which made the bytes depend on data.chunk.
-        self._file = h5py.File(tmp, "w", track_order=True, rdcc_nbytes=0)
-        self._file.attrs["schema_version"] = SCHEMA_VERSION
-        for key, value in self.attrs.items():
-            self.set_attr(key, value)
+        with contextlib.ExitStack() as stack:    # unwound here if this method fails
+            # No chunk cache: every chunk goes to the file when written, in write order. A
+            # cache flushes chunks in an order of its own: the bytes depended on data.chunk.
+            # Through atomic_h5, a full disk is one OSError, not a crash of HDF5.
+            self._file, self._check = stack.enter_context(
+                atomic_h5(self.path, track_order=True, rdcc_nbytes=0))
+            # Unwound first: the last, partial chunks are written only if nothing failed.
+            stack.push(lambda exc_type, *_: exc_type is None and self._close_splits())
+            self._file.attrs["schema_version"] = SCHEMA_VERSION
+            for key, value in self.attrs.items():
+                self.set_attr(key, value)
+            self._stack = stack.pop_all()
         return self
 
     def split(self, name: str, n: int | None, shape: tuple[int, int],
@@ -184,24 +192,24 @@ class DatasetWriter:
             dtype = np.dtype(dtype)
             meta.create_dataset(key, shape=(n, *dtype.shape), dtype=dtype.base, track_times=False,
                                 **({"maxshape": (None, *dtype.shape)} if grow else {}))
-        self._splits.append(SplitWriter(group, rows))
+        self._splits.append(SplitWriter(group, rows, self._check))
         return self._splits[-1]
 
     def set_attr(self, key: str, value: Any) -> None:
         """Set a root attribute (JSON-encoded unless a plain str/int/float)."""
         self._file.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
 
+    def _close_splits(self) -> None:
+        for split in self._splits:    # their last, partial chunks
+            split.close()
+
     def __exit__(self, *exc_info) -> bool | None:
-        try:
-            if exc_info[0] is None:
-                for split in self._splits:    # their last, partial chunks
-                    split.close()
-        finally:
-            self._file.close()
-        return self._atomic.__exit__(*exc_info)
+        # Whatever fails (a split, the file's close), the temp file is removed, never renamed.
+        return self._stack.__exit__(*exc_info)
 
 
-def _open(path: Path) -> h5py.File:
+def open_dataset_file(path: Path) -> h5py.File:
+    """An HDF5 file opened for reading; missing, cut or damaged is a DataError naming it."""
     if not path.exists():
         raise missing_output(path, "dataset file", "prepare")
     try:
@@ -210,87 +218,199 @@ def _open(path: Path) -> h5py.File:
         raise DataError(f"{path}: not a readable HDF5 file, truncated or corrupt? ({exc})") from None
 
 
+# JSON root attributes: (what the value must be, its items' type, how the message says it).
+_JSON_ATTRS = {"class_names": (list, str, "a JSON list of class names"),
+               "params": (dict, None, "a JSON object (the params)"),
+               "fields": (list, dict, "a JSON list of objects, one per field"),
+               "bands": (list, str, "a JSON list of band names")}
+
+
+# What h5py raises on a damaged file whose superblock still opens: KeyError and RuntimeError (a
+# bad object header, link or heap), ValueError and TypeError (a datatype it cannot decode),
+# OSError (a chunk it cannot read or decompress).
+_H5_ERRORS = (KeyError, RuntimeError, ValueError, TypeError, OSError)
+
+
+@contextlib.contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Report what h5py raises on damaged metadata or data as a DataError naming the file."""
+    try:
+        yield
+    except _H5_ERRORS as exc:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise DataError(f"{path}: cannot read {what}, truncated or corrupt? ({detail})") from None
+
+
 def _checked_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
     attrs = dict(f.attrs)
     version = attrs.get("schema_version")
-    if version != SCHEMA_VERSION:
-        found = "missing" if version is None else f"{version}"
+    if isinstance(version, np.generic):   # as its writer meant it: 1.5, not np.float64(1.5)
+        version = version.item()
+    # The integer 1, not "1", 1.5 or [1, 1]: anything else was not written by the prepare stage.
+    integer = isinstance(version, int) and not isinstance(version, bool)
+    if not integer or version != SCHEMA_VERSION:
+        if version is None:
+            found = "missing"
+        elif integer:
+            found = f"{version}"
+        else:
+            found = f"{_shown(version)} ({type(version).__name__}, not an integer)"
         raise DataError(f"{path}: schema_version is {found}, this astroseg reads version "
                         f"{SCHEMA_VERSION}; regenerate it with the prepare stage")
-    for key in ("class_names", "params", "fields", "bands"):
-        if key in attrs:
-            attrs[key] = json.loads(attrs[key])
+    for key, (kind, item, what) in _JSON_ATTRS.items():
+        if key not in attrs:
+            continue
+        try:
+            value = json.loads(attrs[key])
+        except (TypeError, ValueError):   # not a string, or not JSON
+            value = None
+        if not isinstance(value, kind) or (item is not None and
+                                           not all(isinstance(v, item) for v in value)):
+            raise DataError(f"{path}: root attribute {key} is {_shown(attrs[key])}; expected "
+                            f"{what}")
+        attrs[key] = value
     return attrs
+
+
+def _shown(value: Any) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, h5py.Dataset):
+        return f"a dataset of shape {obj.shape} and dtype {obj.dtype}"
+    return "a group" if isinstance(obj, h5py.Group) else "missing"
+
+
+def _group_of(f: h5py.File, path: Path, split: str) -> h5py.Group:
+    """The group of `split`, with its datasets' kinds, dtypes and shapes checked from their
+    headers (no pixel read): what the readers and the training loop index and cast."""
+    where = f"{path}: {split}"
+    group = f.get(split)
+    if not isinstance(group, h5py.Group):
+        raise DataError(f"{where} is {_describe(group)}; expected a group of images and masks")
+    items = {key: group.get(key) for key in ("images", "masks", "valid", "meta")}
+    for key in ("images", "masks", "valid"):
+        if (key != "valid" or items[key] is not None) and \
+                not isinstance(items[key], h5py.Dataset):
+            raise DataError(f"{where}/{key} is {_describe(items[key])}; expected a dataset")
+    images, masks, valid = items["images"], items["masks"], items["valid"]
+    # Pixels are floats (float32 as written); masks and valid maps small integers.
+    for key, kinds, want in (("images", "f", "float32 pixels"),
+                             ("masks", "iub", "integer class indices (uint8)"),
+                             ("valid", "iub", "a 0/1 map (uint8)")):
+        ds = items[key]
+        if ds is not None and ds.dtype.kind not in kinds:
+            raise DataError(f"{where}/{key} has dtype {ds.dtype}; expected {want}")
+    n = masks.shape[0] if masks.ndim else None
+    if images.ndim not in (3, 4) or masks.ndim != 3 or images.shape[0] != n \
+            or images.shape[-2:] != masks.shape[1:] or 0 in masks.shape[1:]:
+        raise DataError(f"{where}/images has shape {images.shape} and {split}/masks "
+                        f"{masks.shape}; expected (N, H, W) or (N, bands, H, W) images over "
+                        "(N, H, W) masks, H and W >= 1")
+    if valid is not None and valid.shape != masks.shape:
+        raise DataError(f"{where}/valid has shape {valid.shape}; expected that of "
+                        f"{split}/masks, {masks.shape}")
+    meta = items["meta"]
+    if meta is not None:
+        if not isinstance(meta, h5py.Group):
+            raise DataError(f"{where}/meta is {_describe(meta)}; expected a group of one "
+                            "array per image field")
+        for key, ds in meta.items():
+            if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "biuf" or \
+                    ds.ndim not in (1, 2) or ds.shape[0] != n:
+                raise DataError(f"{where}/meta/{key} is {_describe(ds)}; expected numbers, "
+                                f"one row per image ({n})")
+    return group
+
+
+def class_count(attrs: dict[str, Any]) -> int:
+    """How many mask values a file's masks may hold: its class names, else all but IGNORE."""
+    names = attrs.get("class_names")
+    return len(names) if isinstance(names, list) and names else IGNORE
+
+
+def check_classes(masks: np.ndarray, classes: int, where: str) -> None:
+    """Raise unless every mask value is a class index in [0, `classes`)."""
+    if masks.size and (masks.min() < 0 or masks.max() >= classes):
+        bad = masks.min() if masks.min() < 0 else masks.max()
+        raise DataError(f"{where} holds the value {bad}; expected class indices 0 to "
+                        f"{classes - 1}")
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """Root attributes of a dataset file, JSON values decoded; checks the schema version."""
     path = Path(path)
-    with _open(path) as f:
+    with open_dataset_file(path) as f, _reading(path, "the root attributes"):
         return _checked_attrs(f, path)
 
 
 def load_split(path: str | os.PathLike, split: str, limit: int | None = None) -> Split:
     """Read (the first `limit` images of) one split into memory, checking shapes and values."""
     path = Path(path)
-    with _open(path) as f:
-        _checked_attrs(f, path)
+    with open_dataset_file(path) as f, _reading(path, f"split '{split}'"):
+        attrs = _checked_attrs(f, path)
         if split not in f:
             raise DataError(f"{path}: no split '{split}' (found: {', '.join(f.keys()) or 'none'})")
-        group = f[split]
-        try:
-            images = group["images"][:limit]
-            masks = group["masks"][:limit]
-            meta = {k: v[:limit] for k, v in group["meta"].items()} if "meta" in group else {}
-            valid = group["valid"][:limit] if "valid" in group else None
-        except (KeyError, OSError) as exc:
-            raise DataError(f"{path}: cannot read split '{split}': {exc}") from None
-    if images.ndim not in (3, 4) or masks.ndim != 3 or images.shape[0] != masks.shape[0] \
-            or images.shape[-2:] != masks.shape[1:]:
-        raise DataError(f"{path}: {split}/images has shape {images.shape} and {split}/masks "
-                        f"{masks.shape}; expected (N, H, W) or (N, bands, H, W) images over "
-                        "(N, H, W) masks")
+        group = _group_of(f, path, split)
+        images = group["images"][:limit]
+        masks = group["masks"][:limit]
+        meta = {k: v[:limit] for k, v in group["meta"].items()} if "meta" in group else {}
+        valid = group["valid"][:limit] if "valid" in group else None
+    # Cast first: a float64 beyond float32's range becomes inf here, and is refused below.
+    with np.errstate(over="ignore"):
+        images = images.astype(np.float32, copy=False)
     if not np.isfinite(images).all():
         raise DataError(f"{path}: {split}/images holds NaN or infinite values")
-    return Split(images.astype(np.float32, copy=False), masks.astype(np.uint8, copy=False), meta,
-                 valid)
+    check_classes(masks, class_count(attrs), f"{path}: {split}/masks")
+    return Split(images, masks.astype(np.uint8, copy=False), meta,
+                 None if valid is None else valid.astype(np.uint8, copy=False))
 
 
 @contextlib.contextmanager
 def open_split(path: str | os.PathLike, split: str) -> Iterator[h5py.Group]:
     """The group of `split` in an open dataset file, schema checked."""
     path = Path(path)
-    with _open(path) as f:
-        _checked_attrs(f, path)
-        if split not in f or "images" not in f[split] or "masks" not in f[split]:
-            raise DataError(f"{path}: no split '{split}' with images and masks (found: "
-                            f"{', '.join(f.keys()) or 'none'})")
-        yield f[split]
+    with open_dataset_file(path) as f:
+        with _reading(path, f"split '{split}'"):   # the checks only: the caller's errors pass
+            _checked_attrs(f, path)
+            group = f.get(split)
+            if not isinstance(group, h5py.Group) or not {"images", "masks"} <= set(group):
+                raise DataError(f"{path}: no split '{split}' with images and masks (found: "
+                                f"{', '.join(f.keys()) or 'none'})")
+            group = _group_of(f, path, split)
+        yield group
 
 
 def read_meta(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
     """The per-image metadata of `split` (small: one value per image), without the pixels."""
-    with open_split(path, split) as group:
+    with open_split(path, split) as group, _reading(Path(path), f"{split}/meta"):
         return {k: v[:] for k, v in group["meta"].items()} if "meta" in group else {}
 
 
 def split_nbytes(path: str | os.PathLike, split: str) -> int:
     """Bytes `load_split` would hold for `split`: images, masks and valid maps; 0 if absent."""
     path = Path(path)
-    with _open(path) as f:
+    with open_dataset_file(path) as f, _reading(path, f"split '{split}'"):
         _checked_attrs(f, path)
         if split not in f:
             return 0
-        return sum(f[split][k].size * f[split][k].dtype.itemsize
-                   for k in ("images", "masks", "valid") if k in f[split])
+        group = _group_of(f, path, split)
+        # As load_split holds them: float32 images, uint8 masks and valid maps.
+        return sum(group[k].size * (4 if k == "images" else 1)
+                   for k in ("images", "masks", "valid") if k in group)
 
 
 def split_sizes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Shape of each split's images, without reading the pixels."""
     path = Path(path)
-    with _open(path) as f:
+    with open_dataset_file(path) as f, _reading(path, "the splits"):
         _checked_attrs(f, path)
-        return {name: f[name]["images"].shape for name in f if "images" in f[name]}
+        # Every split, and any other group with images, checked as load_split would.
+        names = [name for name in f if name in SPLITS or
+                 (isinstance(f.get(name), h5py.Group) and "images" in f[name])]
+        return {name: _group_of(f, path, name)["images"].shape for name in names}
 
 
 def write_splits(path: str | os.PathLike, splits: Iterable[tuple[str, Split]],

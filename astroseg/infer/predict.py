@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from astroseg.atomic import atomic_output
+from astroseg.atomic import atomic_h5
 from astroseg.data.dataset import as_channels
 from astroseg.models.checkpoint import file_sha256, load_checkpoint  # noqa: F401 (re-exported)
 from astroseg.device import resolve_device
@@ -293,6 +293,39 @@ def predict_h5(input_path: str | os.PathLike, output_path: str | os.PathLike,
     return n
 
 
+# What h5py raises on a damaged file whose superblock still opens: KeyError and RuntimeError (a
+# bad object header or link), ValueError and TypeError (a datatype it cannot decode), OSError
+# (a chunk it cannot read or decompress).
+_H5_ERRORS = (KeyError, RuntimeError, ValueError, TypeError, OSError)
+
+
+def _detail(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+
+
+def _input_images(src: h5py.File, input_path: Path, c: int) -> h5py.Dataset:
+    """The `images` dataset of an input file, checked to be real numbers of the shape a model of
+    `c` bands takes, with at least one pixel."""
+    want = "(N, H, W)" if c == 1 else f"(N, {c}, H, W), one plane per band"
+    try:
+        images = src.get("images")
+        if not isinstance(images, h5py.Dataset) or images.ndim != (3 if c == 1 else 4):
+            found = ", ".join(f"{k} {getattr(v, 'shape', '(group)')}" for k, v in src.items())
+            raise DataError(f"{input_path}: expected a dataset 'images' of shape {want}; "
+                            f"found {found or 'nothing'}")
+        kind = images.dtype.kind
+    except _H5_ERRORS as exc:
+        raise DataError(f"{input_path}: cannot read its layout, truncated or corrupt? "
+                        f"({_detail(exc)})") from None
+    # Integers are raw counts (for --normalize); strings, complex numbers, compounds are no pixels.
+    if kind not in "fiu":
+        raise DataError(f"{input_path}: images has dtype {images.dtype}; expected real numbers "
+                        "(float pixels, or integer counts with --normalize)")
+    if 0 in images.shape:
+        raise DataError(f"{input_path}: images has shape {images.shape}: no pixel to segment")
+    return images
+
+
 @contextlib.contextmanager
 def seeded(model: nn.Module, on: bool, seed: int = 0) -> Iterator[None]:
     """Seed torch's RNG for MC dropout, restoring it after: a rerun writes the same bytes."""
@@ -327,20 +360,18 @@ def segment_h5(model: nn.Module, model_path: str | os.PathLike, model_sha256: st
         raise DataError(f"{input_path}: input file not found") from None
     except OSError as exc:
         raise DataError(f"{input_path}: not a readable HDF5 file ({exc})") from None
-    with src, atomic_output(output_path) as tmp, h5py.File(tmp, "w") as out, \
-            seeded(model, mc_samples > 0):
+    with src, atomic_h5(output_path) as (out, check), seeded(model, mc_samples > 0):
         c = in_channels(model)
-        if "images" not in src or src["images"].ndim != (3 if c == 1 else 4):
-            found = ", ".join(f"{k} {getattr(v, 'shape', '')}" for k, v in src.items()) or "nothing"
-            want = "(N, H, W)" if c == 1 else f"(N, {c}, H, W), one plane per band"
-            raise DataError(f"{input_path}: expected a dataset 'images' of shape {want}; "
-                            f"found {found}")
-        images = src["images"]
+        images = _input_images(src, input_path, c)
         n, (h, w) = len(images), images.shape[-2:]
         prob_out = label_out = std_out = None
         marked = valid = 0
         for start in range(0, n, batch_size):
-            batch = images[start:start + batch_size]
+            try:
+                batch = images[start:start + batch_size]
+            except _H5_ERRORS as exc:
+                raise DataError(f"{input_path}: cannot read images[{start}:{start + batch_size}], "
+                                f"truncated or corrupt? ({_detail(exc)})") from None
             try:
                 prob, label, std = predict_probabilities(model, batch, batch_size, threshold, tta,
                                                          normalize, applied, mc_samples)
@@ -358,6 +389,7 @@ def segment_h5(model: nn.Module, model_path: str | os.PathLike, model_sha256: st
             label_out[start:start + len(label)] = label
             if std_out is not None:
                 std_out[start:start + len(std)] = std
+            check()   # a full disk ends the run at this batch, not after the last
             # Non-finite inputs pass only with `normalize`, and then are invalid (label 0).
             marked += int(np.count_nonzero(label))
             finite = np.isfinite(batch)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +47,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from astroseg import __version__
-from astroseg.atomic import atomic_output
+from astroseg.atomic import atomic_output, scratch_dir
 from astroseg.models.checkpoint import load_checkpoint
 from astroseg.device import resolve_device, resolve_precision
 from astroseg.errors import DataError, ParamsError
@@ -314,9 +314,9 @@ def segment_fits(fm: FitsModel, input_path: str | os.PathLike | list[str | os.Pa
                                ("bad-pixel map", bad_pixels)])
     class_names = list(meta.get("class_names", ["background", "source"]))
     stride, window, overlap = getattr(model, "stride", 1), fm.window, fm.overlap
+    # The scratch folder (disk-backed maps) is named after the output: a killed run's is swept.
     with open_bands(paths, meta, hdu, bad_pixel_hdu, bad_pixels, str(fm.path)) as src, \
-            tempfile.TemporaryDirectory(prefix=".astroseg-", dir=output_path.parent
-                                        if output_path.parent.exists() else None) as tmp:
+            scratch_dir(output_path) as tmp:
         height, width = src.shape
         norms = [_fit(s, meta, str(fm.path)) for s in src.sources]
         norm = norms[0]
@@ -382,7 +382,8 @@ def segment_fits(fm: FitsModel, input_path: str | os.PathLike | list[str | os.Pa
 
         fraction = _source_fraction(probs, threshold)
         labels, sources = _label_sources(probs, threshold, Path(tmp))
-        header = output_header(src.header, src.header.get("NAXIS", 2))
+        # A PNG band (a --band NAME=FILE.png) has no header: the output gets no input cards.
+        header = output_header(src.header, (src.header or {}).get("NAXIS", 2))
         header["ASMODEL"] = (fm.path.name, "astroseg model file")
         header["ASMHASH"] = fm.sha256  # SHA-256 of the model file (no room for a comment)
         header["ASTHRESH"] = (threshold, "probability threshold of MASK")
@@ -458,14 +459,24 @@ def _write_output(path: Path, probs: np.ndarray, header: fits.Header, threshold:
     planes.append(("LABELS", np.int32, lambda y: labels[y]))
     if std is not None:
         planes.append(("STD", np.float32, lambda y: std[y]))
-    with atomic_output(path) as tmp:
+    # Plain file writes of what astropy's StreamingHDU wrote (the same bytes): its
+    # ndarray.tofile drops the errno of a failed write ("65536 requested and 29280 written"),
+    # so a full disk could not be told from a bug.
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
         for name, dtype, plane in planes:
             hdr = _plane_header(name, dtype, height, width, header)
-            stream = fits.StreamingHDU(str(tmp), hdr)
+            with warnings.catch_warnings():
+                # A long value leaves its comment less room: cut short, as intended.
+                warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                f.write(hdr.tostring().encode("ascii"))
+            big_endian = np.dtype(dtype).newbyteorder(">")   # FITS data are big-endian
+            size = 0
             for y0 in range(0, height, _BLOCK_ROWS):
                 block = plane(slice(y0, y0 + _BLOCK_ROWS))
-                stream.write(np.ascontiguousarray(block, dtype=dtype))
-            stream.close()
+                block = np.ascontiguousarray(block, dtype=big_endian)
+                f.write(block.tobytes())
+                size += block.nbytes
+            f.write(bytes(-size % 2880))   # zeros to a whole FITS block
 
 
 def _plane_header(name: str, dtype: type, height: int, width: int, cards: fits.Header) -> fits.Header:

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from astroseg.atomic import write_text
 from astroseg.device import resolve_device
-from astroseg.errors import AstrosegError, DataError, ParamsError, missing_output
+from astroseg.errors import AstrosegError, DataError, ParamsError, describe, missing_output
 from astroseg.data.fits_io import is_fits, stem
 from astroseg.data.parallel import cpu_count
 from astroseg.infer.catalog import catalog_current, survey_catalog, write_catalog
@@ -271,6 +271,8 @@ class _Worker:
             row.status = "ok"
         except AstrosegError as exc:
             row.status, row.error = "failed", _one_line(str(exc), path)
+        except OSError as exc:   # the output's file and a hint (disk full), as run_main says
+            row.status, row.error = "failed", _one_line(describe(exc), path)
         except Exception as exc:   # one file's surprise must not end the survey
             row.status, row.error = "failed", _one_line(f"{type(exc).__name__}: {exc}", path)
         row.seconds = time.perf_counter() - t0

@@ -29,10 +29,17 @@ class Examples:
 
 def save_examples(path: str | os.PathLike, examples: Examples) -> None:
     """Atomically write the examples to HDF5."""
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+    # Built in memory (a few images; the same bytes HDF5 writes to disk) and written with plain
+    # file I/O: a full disk is then one OSError, where a failed write inside HDF5 crashed the
+    # process (SIGSEGV) after a screen of tracebacks.
+    with h5py.File(f"{path}.in-memory", "w", driver="core", backing_store=False) as f:
         for key in _KEYS + _OPTIONAL:
             if getattr(examples, key) is not None:
                 f.create_dataset(key, data=getattr(examples, key), track_times=False)
+        f.flush()
+        image = f.id.get_file_image()
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(image)
 
 
 def load_examples(path: str | os.PathLike) -> Examples:
