@@ -34,6 +34,7 @@ _OTHER_HOST_GRACE_S = 3600.0
 SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 # HDF5 reports a failed write in its message ("errno = 27, error message = ...").
 _HDF5_ERRNO = re.compile(r"\berrno = (\d+)")
+_ASTROPY_SHORT = re.compile(r"Not enough space on disk|\d+ requested and \d+ written")
 
 
 def _umask() -> int:
@@ -116,6 +117,10 @@ def space_errno(exc: BaseException) -> int | None:
         match = _HDF5_ERRNO.search(str(e))
         if match and int(match.group(1)) in SPACE_ERRNOS:
             return int(match.group(1))
+        # astropy's writeto checks free space itself, and its short-write check loses the
+        # errno: OSError("Not enough space on disk: ...") or OSError("N requested and M written").
+        if isinstance(e, OSError) and e.errno is None and _ASTROPY_SHORT.search(str(e)):
+            return errno.ENOSPC if "space" in str(e) else errno.EFBIG
         todo += [c for c in (e.__cause__, e.__context__) if c is not None]
     return None
 

@@ -309,7 +309,7 @@ def _key_values(items: list[str], option: str) -> dict[str, object]:
 def _label(args: argparse.Namespace) -> int:
     from astroseg.data.fits_io import parse_hdu
     from astroseg.data.labeling import LabelSettings, label_file, plan
-    from astroseg.errors import AstrosegError
+    from astroseg.errors import describe
     from astroseg.infer.survey import expand_inputs
 
     settings = LabelSettings(args.nsigma, args.npixels, args.fwhm, args.box, args.deblend,
@@ -322,16 +322,13 @@ def _label(args: argparse.Namespace) -> int:
     for path, out in pairs:
         try:
             r = label_file(path, out, settings, args.overwrite)
-        except AstrosegError as exc:
+        except Exception as exc:   # one file's failure, or surprise, must not stop the others
             failed += 1
-            message = " ".join(str(exc).split())
-            print(f"error: {message if message.startswith(str(path)) else f'{path}: {message}'}",
-                  file=sys.stderr, flush=True)
-            continue
-        except Exception as exc:   # one file's surprise must not stop the others
-            failed += 1
-            print(f"error: {path}: {type(exc).__name__}: {' '.join(str(exc).split())}",
-                  file=sys.stderr, flush=True)
+            # An OS error names its own file (a full disk: the mask being written).
+            message = describe(exc)
+            named = message.startswith(str(path)) or isinstance(exc, OSError) and exc.filename
+            print(f"error: {message if named else f'{path}: {message}'}", file=sys.stderr,
+                  flush=True)
             continue
         sources += r.n_sources
         note = "" if r.background == "2d" else " (global background: smaller than 2 boxes)"

@@ -82,6 +82,10 @@ def run_main(main: Callable[[], object]) -> int:
     exit status: 2 for an AstrosegError, 1 for anything else, 130 for Ctrl-C."""
     try:
         main()
+    except BrokenPipeError:
+        # The reader went away (`astroseg info ... | head`): nothing more to say, to anyone.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         if debug_enabled():
             raise
@@ -95,8 +99,8 @@ def run_main(main: Callable[[], object]) -> int:
         line = describe(exc)
         if not isinstance(exc, (AstrosegError, OSError)) and not out_of_memory(exc):
             _log_internal(line)
-            line = (f"internal error: {line} (please report it; rerun with --debug or "
-                    f"{DEBUG_ENV}=1 for the traceback)")
+            line = (f"internal error: {line} (please report it; rerun with {DEBUG_ENV}=1, or "
+                    "`astroseg --debug`, for the traceback)")
         print(f"error: {rank}{line}", file=sys.stderr, flush=True)
         return 2 if isinstance(exc, AstrosegError) else 1
     return 0

@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import random
+import resource
 import select
 import shutil
 import signal
@@ -50,6 +51,10 @@ import json, os, resource, runpy, selectors, sys
 for name in ("prepare", "train", "evaluate", "baseline", "plots"):
     runpy.run_path(os.path.join("stages", name + ".py"), run_name="warm-up")
 import astroseg.infer.predict, astroseg.infer.predict_fits, astroseg.infer.survey
+# matplotlib builds its font cache on first use: on a fresh machine, done here rather than in
+# a child under a file-size limit (where it fails and every font lookup warns).
+from matplotlib import font_manager
+font_manager.findfont("STIXGeneral"), font_manager.findfont("cmr10")
 out = os.fdopen(os.dup(1), "w")
 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
 out.write("ready\n")
@@ -579,10 +584,63 @@ def test_a_full_disk_names_the_output_whatever_the_library_raised(tmp_path):
     for exc, code in ((wrapped, errno.EFBIG),
                       (OSError(errno.ENOSPC, "No space left"), errno.ENOSPC),
                       (RuntimeError("Can't decrement id ref count (file write failed: errno = "
-                                    "122, error message = 'Disk quota exceeded')"), errno.EDQUOT)):
+                                    "122, error message = 'Disk quota exceeded')"), errno.EDQUOT),
+                      # astropy's writeto: its own free-space check, and a short write
+                      (OSError("Not enough space on disk: requested 144000000, available 0"),
+                       errno.ENOSPC),
+                      (OSError("120000 requested and 4400 written"), errno.EFBIG)):
         raised = fail(exc)
         assert isinstance(raised, OSError) and raised.errno == code
         assert raised.filename == str(target) and space_errno(raised) == code
     for exc in (RuntimeError("a bug"), OSError(errno.ENOENT, "No such file", "in.fits"),
                 KeyboardInterrupt()):
         assert fail(exc) is exc
+
+
+@pytest.mark.fault("kill")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_render_workers_die_with_a_killed_prepare(tmp_path):
+    import psutil
+
+    write_params(tmp_path, tiny_params(data={"workers": 2, "n_train": 20000, "chunk": 64}))
+    job = subprocess.Popen([sys.executable, str(ROOT / "stages" / "prepare.py")], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    parent = psutil.Process(job.pid)
+    deadline = time.monotonic() + 60
+    while len(parent.children()) < 2 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = parent.children()
+    assert len(workers) >= 2, "the pool never started: lengthen the run"
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"render workers outlived the killed stage: {alive}"
+
+
+def _fsize_limit(limit: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.fault("disk-full")
+@pytest.mark.parametrize("command", ["make-sky", "label"])
+def test_disk_full_in_astropy_writers_names_the_output(tmp_path, command):
+    # astropy's writeto loses the errno of a short write ("N requested and M written").
+    sky = tmp_path / "sky"
+    sh_args = [sys.executable, "-m", "astroseg.cli"]
+    if command == "label":
+        made = subprocess.run([*sh_args, "make-sky", str(sky), "--fields", "1", "--size", "256"],
+                              capture_output=True, text=True, env=_env(), timeout=120)
+        assert made.returncode == 0, made.stderr
+        args, out = ["label", str(sky / "images" / "field_00.fits"), "-o", str(tmp_path / "m")], \
+            tmp_path / "m" / "field_00.fits"
+    else:
+        args, out = ["make-sky", str(sky), "--fields", "1", "--size", "256"], \
+            sky / "images" / "field_00.fits"
+    run = subprocess.run([*sh_args, *args], capture_output=True, text=True, env=_env(),
+                         timeout=120, preexec_fn=_fsize_limit(20_000))
+    assert run.returncode == 1 and TRACEBACK not in run.stderr
+    line = run.stderr.splitlines()[0]
+    assert line.startswith(f"error: {out}: ") and line.endswith(HINT), run.stderr
+    assert not out.exists() and not list(out.parent.glob("*.tmp"))

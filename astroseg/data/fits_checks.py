@@ -199,14 +199,18 @@ def _read_header(f, start: int) -> tuple[dict[str, bytes], int] | None:
         if len(block) < _BLOCK:
             return None
         for i in range(0, _BLOCK, 80):
-            key = block[i:i + 8].rstrip().decode("ascii", "replace")
+            card = block[i:i + 80]
+            # As leniently as astropy reads them: '=' anywhere in the first 10 columns
+            # (`NAXIS1= 30`), keywords in any case.
+            eq = card.find(b"=", 0, 10)
+            key = (card[:eq] if eq > 0 else card[:8]).strip().decode("ascii", "replace").upper()
             if n == 0 and i == 0 and key not in ("SIMPLE", "XTENSION"):
                 return None
-            if key == "END":
+            if key == "END" and eq < 0:
                 return found, start + (n + 1) * _BLOCK
-            if block[i + 8:i + 10] == b"= " and (key.startswith("NAXIS") or key in
-                                                 ("BITPIX", "PCOUNT", "GCOUNT", "GROUPS")):
-                found.setdefault(key, block[i + 10:i + 80])
+            if eq > 0 and (key.startswith("NAXIS") or key in
+                           ("BITPIX", "PCOUNT", "GCOUNT", "GROUPS")):
+                found.setdefault(key, card[eq + 1:])
     return None
 
 

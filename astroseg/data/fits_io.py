@@ -72,10 +72,16 @@ def parse_hdu(value: str | None) -> int | str | tuple[str, int] | None:
     NAME,VER = the VER-th extension of that name (SCI,2: the second chip of a multi-chip file)."""
     if not value:
         return None
-    if value.isdigit():
+    if _index(value):
         return int(value)
     name, _, ver = value.rpartition(",")
-    return (name, int(ver)) if name and ver.strip().isdigit() else value
+    return (name, int(ver)) if name and _index(ver.strip()) else value
+
+
+def _index(text: str) -> bool:
+    # ASCII digits only: str.isdigit() takes '²' and other digits int() refuses; an index of
+    # more than 9 digits is no file's, and int() refuses over 4300 of them.
+    return text.isascii() and text.isdigit() and len(text) <= 9
 
 
 def stem(path: str | os.PathLike) -> str:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -28,10 +31,19 @@ def resolve_workers(workers: int) -> int:
     return workers if workers > 0 else cpu_count()
 
 
-def _one_thread() -> None:
+def _init_worker(parent: int) -> None:
     import torch
 
     torch.set_num_threads(1)   # one process per core: no intra-op threads competing
+    # A parent killed outright (SIGKILL, out of memory) cannot stop its pool, and its forked
+    # workers would live on, holding their memory. On Linux the kernel can kill them with it.
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:   # it died before prctl took effect
+        os._exit(1)
 
 
 def _shared(fn: Callable[..., T], *args: Any) -> T:
@@ -78,7 +90,8 @@ def ordered_map(fn: Callable[..., T], args: Iterable[tuple[Any, ...]], workers: 
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     pending: collections.deque[Future] = collections.deque()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(os.getpid(),)) as pool:
         try:
             for a in args:
                 pending.append(pool.submit(_shared, fn, *a))

@@ -116,11 +116,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only unpickles tensors and plain containers only; anything else is refused,
-        # since unpickling an arbitrary object can run code.
+        # weights_only unpickles tensors and plain containers only; any other object (a
+        # GLOBAL it does not allow) is refused, since unpickling one can run code.
         found = _refused_global(str(exc))
+        if not found:   # junk bytes, not a refused object
+            raise DataError(f"{path}: not a readable checkpoint, truncated or corrupt? "
+                            f"({_weights_only_detail(str(exc))})") from None
         raise DataError(f"{path}: refused, the checkpoint holds a Python object that loading "
-                        f"could execute code with{f' ({found})' if found else ''}; astroseg "
+                        f"could execute code with ({found}); astroseg "
                         "checkpoints hold only tensors and plain values (load only files you "
                         "trust, and retrain or re-save this one)") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
@@ -136,6 +139,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                for k, v in payload["state_dict"].items()):
         raise DataError(f"{path}: checkpoint 'state_dict' must map names to tensors")
     return payload
+
+
+def _weights_only_detail(message: str) -> str:
+    # torch's message is a paragraph of advice; the line after "WeightsUnpickler error:" says
+    # what was wrong.
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler error" in line]
+    return (after[0] if after else " ".join(message.split()))[:200]
 
 
 def _refused_global(message: str) -> str:
