@@ -181,9 +181,15 @@ class Zygote:
 
 
 @pytest.fixture(scope="module")
-def zygote():
+def zygote(tmp_path_factory):
     """The forking server of this module's runs."""
-    server = Zygote()
+    # A matplotlib font cache of its own, built before any limit: a user's stale one (fonts of
+    # a deleted venv) makes every font lookup warn, which the one-line checks would catch.
+    os.environ["MPLCONFIGDIR"] = str(tmp_path_factory.mktemp("mplconfig"))
+    try:
+        server = Zygote()
+    finally:
+        del os.environ["MPLCONFIGDIR"]
     yield server
     server.close()
 
