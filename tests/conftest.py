@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import signal
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +51,24 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     if text.strip():
         print(f"\ninternal errors (raw tracebacks without run_main) reported by astroseg:\n{text}")
         session.exitstatus = 1
+
+
+class TooSlow(BaseException):
+    """Raised by `time_limit`; a BaseException, so no `except Exception` in the code swallows it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Fail the test if the block runs longer than `seconds` (a hang on a hostile input)."""
+    def expire(signum, frame):
+        raise TooSlow(f"took over {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def assert_no_traceback(result: subprocess.CompletedProcess) -> None:

@@ -12,16 +12,14 @@ Hypothesis draws a fixed set of examples (the conftest profile), bounded per tes
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import resource
-import signal
 import struct
 import subprocess
 import sys
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,34 +47,16 @@ from astroseg.infer.predict_fits import load_fits_model, segment_fits
 from astroseg.models import build_model
 from astroseg.models.checkpoint import save_checkpoint
 from astroseg.params import DataParams, parse_section
-from conftest import TINY_MODEL, _env, assert_no_traceback, merge, tiny_params
+from conftest import TINY_MODEL, _env, assert_no_traceback, merge, time_limit, tiny_params
 
 SECONDS = 20.0    # per call: a damaged file is refused in far less, even on two busy cores
-
-
-class TooSlow(BaseException):
-    """Raised by `time_limit`; a BaseException, so no `except Exception` in the code swallows it."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float = SECONDS) -> Iterator[None]:
-    """Fail the test if the block runs longer than `seconds` (a hang on a hostile header)."""
-    def expire(signum, frame):
-        raise TooSlow(f"took over {seconds} s")
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def attempt(call: Callable[[], Any], path: Path) -> tuple[Any, str | None]:
     """(result, None) if `call` works, (None, message) if it raises an AstrosegError, whose
     message must be one line naming `path`; any other exception fails the test."""
     try:
-        with time_limit():
+        with time_limit(SECONDS):
             return call(), None
     except AstrosegError as exc:
         message = str(exc)

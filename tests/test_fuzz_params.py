@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import functools
 import math
-import signal
 import subprocess
 import sys
 import typing
@@ -32,7 +31,8 @@ from hypothesis import strategies as st
 
 from astroseg.errors import ParamsError
 from astroseg.params import Params, dump_params, load_params, parse_section, to_dict
-from conftest import ROOT, _env, assert_no_traceback, run_stage, tiny_params, write_params
+from conftest import (ROOT, _env, assert_no_traceback, run_stage, time_limit, tiny_params,
+                      write_params)
 
 # Generous: a parse takes milliseconds; this only turns a hang into a failure.
 DEADLINE_S = 20.0
@@ -222,27 +222,9 @@ def values_for(leaf: Leaf) -> st.SearchStrategy:
 
 # ---------------------------------------------------------------- the oracle
 
-class Hang(Exception):
-    """A parse or check ran past DEADLINE_S."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float = DEADLINE_S) -> Iterator[None]:
-    """Raise Hang in this (the main) thread after `seconds`."""
-    def alarm(signum, frame):
-        raise Hang(f"over {seconds} s")
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def outcome(raw: Any) -> Params | ParamsError:
     """Validate `raw` in-process: the params, or the ParamsError; anything else escapes."""
-    with deadline():
+    with time_limit(DEADLINE_S):
         try:
             return parse_section(Params, raw, "")
         except ParamsError as exc:
@@ -424,7 +406,7 @@ def test_fuzz_one_key(leaf, data):
     if isinstance(result, ParamsError):
         assert_names(str(result), leaf.key)
     else:
-        with deadline():
+        with time_limit(DEADLINE_S):
             check_accepted(result, leaf, value)
 
 
@@ -532,7 +514,7 @@ def test_any_file_is_read_or_refused_in_one_line(tmp_path, case):
     content, fragment = FILES[case]
     path = tmp_path / "params.yaml"
     (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
-    with deadline():
+    with time_limit(DEADLINE_S):
         try:
             params = load_params(path)
         except ParamsError as exc:
@@ -548,7 +530,7 @@ def test_any_file_is_read_or_refused_in_one_line(tmp_path, case):
 def test_a_directory_or_a_device_is_refused(tmp_path):
     """A directory, and /dev/zero (which never ends), as the params file."""
     for path in (tmp_path, Path("/dev/zero")):
-        with deadline(), pytest.raises(ParamsError) as err:
+        with time_limit(DEADLINE_S), pytest.raises(ParamsError) as err:
             load_params(path)
         assert_names(str(err.value), str(path))
 
