@@ -60,6 +60,9 @@ def describe(exc: BaseException) -> str:
         return f"{where}: {what}" if where else what
     if out_of_memory(exc):
         return "out of memory (lower the batch size, chunk or window, or free memory)"
+    if peer_lost(exc):
+        return ("another rank of this run stopped (killed, or failed: its error is in the log): "
+                + " ".join(str(exc).split())[:160])
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
@@ -68,6 +71,14 @@ def out_of_memory(exc: BaseException) -> bool:
     allocator's (a plain RuntimeError)."""
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or \
         (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether `exc` is torch.distributed losing another rank (killed or failed), which the
+    surviving ranks see as a connection error inside a collective."""
+    text = str(exc)
+    return type(exc).__name__ in ("DistBackendError", "DistNetworkError") or (
+        isinstance(exc, RuntimeError) and "gloo" in text and "Connection" in text)
 
 
 def _log_internal(line: str) -> None:
@@ -97,7 +108,8 @@ def run_main(main: Callable[[], object]) -> int:
         # Under torchrun every rank may fail alike: say which one is speaking.
         rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
         line = describe(exc)
-        if not isinstance(exc, (AstrosegError, OSError)) and not out_of_memory(exc):
+        if not isinstance(exc, (AstrosegError, OSError)) and not out_of_memory(exc) \
+                and not peer_lost(exc):
             _log_internal(line)
             line = (f"internal error: {line} (please report it; rerun with {DEBUG_ENV}=1, or "
                     "`astroseg --debug`, for the traceback)")

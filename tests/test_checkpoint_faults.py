@@ -258,6 +258,21 @@ def test_out_of_memory_is_one_line_with_advice(exc, capsys, monkeypatch):
 
 
 @pytest.mark.fault("errors")
+def test_a_lost_torchrun_peer_is_one_line_not_an_internal_error(capsys, monkeypatch):
+    from astroseg.errors import run_main
+
+    monkeypatch.delenv("ASTROSEG_DEBUG", raising=False)
+
+    def collective() -> None:   # what rank 0 of a DDP run saw when rank 1 was SIGKILLed
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:13207: "
+                           "Connection reset by peer")
+    assert run_main(collective) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: another rank of this run stopped (killed, or failed") and \
+        "internal error" not in err and err.count("\n") == 1
+
+
+@pytest.mark.fault("errors")
 def test_an_interrupt_is_one_line_and_status_130(capsys, monkeypatch):
     from astroseg.errors import run_main
 
