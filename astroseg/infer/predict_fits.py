@@ -33,16 +33,13 @@ order (`BandStack`): each band normalised on its own, a pixel invalid in any ban
 from __future__ import annotations
 
 import os
-import re
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from astropy.io import fits
 from scipy import ndimage
 from tqdm import tqdm
 
@@ -52,29 +49,17 @@ from astroseg.models.checkpoint import load_checkpoint
 from astroseg.device import resolve_device, resolve_precision
 from astroseg.errors import DataError, ParamsError
 from astroseg.data.band_files import check_aligned
-from astroseg.data.fits_io import (STRUCTURAL, HDUNotFound, ImageSource, check_same_shape,
-                                 open_image, parse_hdu)
+from astroseg.data.fits_io import (HDUNotFound, ImageSource, check_same_shape, open_image,
+                                   parse_hdu)
 from astroseg.data.normalize import Normalization, check_method, fit_field
-from astroseg.infer.predict import (calibration_note, check_mc_samples, check_output,
-                                    file_sha256, model_temperature, predict_probabilities, seeded)
 from astroseg.data.tiling import starts, window_weight
+from astroseg.infer.blend import (Blender, finish_rows, normalize_tensor, to_host,
+                                  window_probabilities)
+from astroseg.infer.fits_output import FitsLayout, output_header  # noqa: F401 (re-exported)
+from astroseg.infer.predict import (calibration_note, check_mc_samples, check_output,
+                                    file_sha256, model_temperature, seeded)
+from astroseg.infer.workers import ReadAhead, WriteBehind
 
-# Cards that state something about the input's pixel values, false of a probability or a mask:
-# their unit, type and range, levels in those units, and the detector's conversion of them.
-# Photometric zero points and flux conversions (MAGZP*, PHOTZPT, ZP*, PHOTFLAM, ...) are kept
-# (f039f1d): they calibrate the input image that MASK serves as an aperture on, and nothing
-# applies them to a map whose BUNIT says it is dimensionless.
-_VALUE_CARDS = re.compile(r"^(BUNIT|BTYPE|DATAMIN|DATAMAX|SATUR\w*|SATLEV\w*|(CCD|ATOD)?GAIN\w*|"
-                          r"RDNOIS\w*|READNOI\w*|READNS\w*|RON|SKYLEV\w*|SKYSIG\w*)$")
-# WCS cards of a third (degenerate) axis of a single-plane cube, primary or alternate (A-Z).
-_AXIS3 = re.compile(r"^(CTYPE|CRVAL|CDELT|CRPIX|CUNIT|CROTA|CNAME|CRDER|CSYER)[3-9][A-Z]?$|"
-                    r"^(PC|CD)([3-9]_\d|\d_[3-9])[A-Z]?$")
-_WCSAXES = re.compile(r"^WCSAXES[A-Z]?$")
-# Lookup-table distortions (HST's NPOL and D2IM): their tables live in WCSDVARR/D2IMARR HDUs
-# of the input that the output does not carry, and a header naming them without them is one
-# astropy.wcs refuses to read. The output keeps the WCS and its SIP terms; the catalogue reads
-# positions from the input file, with the tables.
-_LOOKUP = re.compile(r"^(CPDIS|CPERR|D2IMDIS|D2IMERR|DP|DQ)\d|^(D2IMEXT|NPOLEXT)$")
 _BLOCK_ROWS = 512
 
 
@@ -92,24 +77,6 @@ class FitsPrediction:
 
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
-
-
-def output_header(header: fits.Header | None, ndim: int) -> fits.Header:
-    """The input's cards minus storage and pixel-value keywords, lookup-table distortions (see
-    _LOOKUP) and a cube's third WCS axis."""
-    out = fits.Header()
-    for card in (header or fits.Header()).cards:
-        key = card.keyword
-        # A HIERARCH card's last word names it: "ESO DET OUT1 GAIN" is a gain.
-        name = key.split()[-1] if key else key
-        if STRUCTURAL.match(key) or _VALUE_CARDS.match(name) or _LOOKUP.match(key) or \
-                (ndim > 2 and _AXIS3.match(key)):
-            continue
-        if ndim > 2 and _WCSAXES.match(key):
-            out[key] = 2
-            continue
-        out.append(card)
-    return out
 
 
 def _as_hdu(value: int | str | None) -> int | str | None:
@@ -314,74 +281,18 @@ def segment_fits(fm: FitsModel, input_path: str | os.PathLike | list[str | os.Pa
                                ("bad-pixel map", bad_pixels)])
     class_names = list(meta.get("class_names", ["background", "source"]))
     stride, window, overlap = getattr(model, "stride", 1), fm.window, fm.overlap
-    # The scratch folder (disk-backed maps) is named after the output: a killed run's is swept.
+    # The scratch folder (the disk-backed mask and labels) is named after the output: a killed
+    # run's is swept. The output's temp file is open from the start: rows go to it as they are
+    # finished, by the writer thread, and the headers last.
     with open_bands(paths, meta, hdu, bad_pixel_hdu, bad_pixels, str(fm.path)) as src, \
-            scratch_dir(output_path) as tmp:
+            scratch_dir(output_path) as tmp, atomic_output(output_path) as out_tmp:
         height, width = src.shape
         norms = [_fit(s, meta, str(fm.path)) for s in src.sources]
         norm = norms[0]
         win_h, win_w = min(window, _round_up(height, stride)), min(window, _round_up(width, stride))
         ys, xs = starts(height, win_h, win_h - overlap), starts(width, win_w, win_w - overlap)
-        weight = window_weight(win_h, win_w, overlap)
         k = payload["model_config"].get("num_classes", 1)
-        # With MC dropout the std rides along as one more plane (k), blended with the same
-        # weights as the probabilities.
-        planes = k + (mc_samples > 0)
-        probs = np.lib.format.open_memmap(Path(tmp) / "prob.npy", "w+", np.float32,
-                                          (planes, height, width))
-        # Strip buffers cover rows [top, top + win_h) of the image, padded right to whole windows.
-        padded_w = max(width, win_w)
-        num = np.zeros((planes, win_h, padded_w), np.float32)
-        den = np.zeros((win_h, padded_w), np.float32)
-        valid_rows = np.zeros((win_h, padded_w), bool)
-        top = 0
-
-        def flush(until: int) -> None:
-            nonlocal top
-            n = until - top
-            if n <= 0:
-                return
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rows = num[:, :n, :width] / den[:n, :width]
-            rows[:, ~valid_rows[:n, :width]] = np.nan
-            probs[:, top:until] = rows
-            for buf in (num, den, valid_rows):   # slide the strip down by n rows
-                buf[..., :-n, :] = buf[..., n:, :].copy()
-                buf[..., -n:, :] = 0
-            top = until
-
         temperature = 1.0 if fm.temperature is None else fm.temperature
-        bar = tqdm(ys, desc=f"{input_path.name}: window rows", unit="row", leave=False,
-                   disable=None if progress else True)   # None: shown on a terminal only
-        with seeded(model, mc_samples > 0):
-            for y0 in bar:
-                flush(y0)
-                rows, valid = src.rows(y0, min(height, y0 + win_h))
-                x = np.zeros((len(norms), win_h, padded_w), np.float32)
-                for band, n, r in zip(x, norms, rows):
-                    band[:len(valid), :width] = n.apply(r, valid)
-                valid_rows[:len(valid), :width] = valid
-                tiles = np.stack([x[:, :, x0:x0 + win_w] for x0 in xs])
-                if len(norms) == 1:
-                    tiles = tiles[:, 0]
-                with _autocast(model, fm.precision):
-                    prob, _, std = predict_probabilities(model, tiles, batch_size, threshold, tta,
-                                                         False, temperature, mc_samples)
-                prob = prob.reshape(len(xs), k, win_h, win_w)
-                if std is not None:
-                    # std of 1 - P(background) is that of P(background): channel 0 either way.
-                    std = std.reshape(len(xs), k, win_h, win_w)[:, :1]
-                    prob = np.concatenate([prob, std], axis=1)
-                for p, x0 in zip(prob, xs):
-                    num[:, :, x0:x0 + win_w] += p * weight
-                    den[:, x0:x0 + win_w] += weight
-            flush(height)
-        probs.flush()
-        std_plane = probs[k] if mc_samples else None
-        probs = probs[:k]
-
-        fraction = _source_fraction(probs, threshold)
-        labels, sources = _label_sources(probs, threshold, Path(tmp))
         # A PNG band (a --band NAME=FILE.png) has no header: the output gets no input cards.
         header = output_header(src.header, (src.header or {}).get("NAXIS", 2))
         header["ASMODEL"] = (fm.path.name, "astroseg model file")
@@ -403,97 +314,139 @@ def segment_fits(fm: FitsModel, input_path: str | os.PathLike | list[str | os.Pa
         header["ASCALIB"] = (fm.temperature is not None, "logits divided by a fitted temperature")
         header["ASTEMP"] = (temperature, "temperature dividing the logits (1 = none)")
         header["ASMCSAMP"] = (mc_samples, "MC dropout passes (0 = deterministic)")
-        header["ASNSRC"] = (sources, "sources: 8-connected components of MASK")
+        header["ASNSRC"] = (0, "sources: 8-connected components of MASK")   # set at the end
         header["ASVERSN"] = (__version__, "astroseg version")
         header["ASINPUT"] = (input_path.name, "segmented image")
-        header["ASSRCFRC"] = (fraction, "fraction of valid pixels that MASK marks")
-        _write_output(output_path, probs, header, threshold, class_names, labels, std_plane)
+        header["ASSRCFRC"] = (0.0, "fraction of valid pixels that MASK marks")   # at the end
+        layout = FitsLayout(header, height, width, class_names, k, mc_samples > 0)
+        mask = np.lib.format.open_memmap(Path(tmp) / "mask.npy", "w+", np.uint8, (height, width))
+        fd = os.open(out_tmp, os.O_WRONLY)
+        try:
+            run = _Run(fm, src, norms, ys, xs, win_h, win_w, overlap, k, mc_samples)
+            bar = tqdm(ys, desc=f"{input_path.name}: window rows", unit="row", leave=False,
+                       disable=None if progress else True)   # None: shown on a terminal only
+            marked, valid = run.blend(bar, batch_size, threshold, tta, temperature,
+                                      lambda y0, planes: _write_rows(fd, layout, mask, y0, planes))
+            fraction = marked / valid if valid else 0.0
+            labels = np.lib.format.open_memmap(Path(tmp) / "labels.npy", "w+", np.int32,
+                                               (height, width))
+            sources = int(ndimage.label(mask, structure=np.ones((3, 3), bool), output=labels))
+            for y0 in range(0, height, _BLOCK_ROWS):
+                layout.write_rows(fd, "LABELS", y0, labels[y0:y0 + _BLOCK_ROWS])
+            header["ASNSRC"] = sources
+            header["ASSRCFRC"] = fraction
+            layout.finish(fd, header)
+        finally:
+            os.close(fd)
     return FitsPrediction(height, width, len(ys) * len(xs), norm.method, fm.precision,
                           fraction, sources)
+
+
+def _write_rows(fd: int, layout: FitsLayout, mask: np.ndarray, y0: int,
+                planes: dict[str, np.ndarray]) -> None:
+    """Write finished rows of every plane to the output and MASK to the scratch mask too."""
+    for name, rows in planes.items():
+        if name == "PROB":
+            for plane, class_rows in zip(layout.prob_names, rows):
+                layout.write_rows(fd, plane, y0, class_rows)
+        else:
+            layout.write_rows(fd, name, y0, rows)
+    mask[y0:y0 + len(planes["MASK"])] = planes["MASK"]
+
+
+def _strips(src: BandStack, ys: list[int], win_h: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each window row, the rows it adds to the previous one's (all of its rows, first):
+    (C, n, W) float32 pixels and their (n, W) valid mask."""
+    height, end = src.shape[0], 0
+    for y0 in ys:
+        y1 = min(height, y0 + win_h)
+        if len(src.sources) == 1:   # no stack, no copy
+            data, valid = src.sources[0].rows(max(y0, end), y1)
+            data = data[None]
+        else:
+            data, valid = src.rows(max(y0, end), y1)
+        end = y1
+        yield data, valid
+
+
+@dataclass
+class _Run:
+    """The compute side of `segment_fits`: strips in, windows through the model, rows out."""
+    fm: FitsModel
+    src: BandStack
+    norms: list[Normalization]
+    ys: list[int]
+    xs: list[int]
+    win_h: int
+    win_w: int
+    overlap: int
+    classes: int
+    mc_samples: int
+
+    def blend(self, ys: Iterable[int], batch_size: int, threshold: float, tta: bool,
+              temperature: float, emit: Callable[[int, dict[str, np.ndarray]], None]
+              ) -> tuple[int, int]:
+        """Run every window and hand each block of finished rows to `emit` (in a writer
+        thread); return the pixels MASK marks and the valid pixels."""
+        model, win_h, win_w = self.fm.model, self.win_h, self.win_w
+        device = next(model.parameters()).device
+        height, width = self.src.shape
+        padded_w = max(width, win_w)
+        planes = self.classes + (self.mc_samples > 0)
+        # The normalised input and its valid mask, rows [y0, y0 + win_h) of the window row.
+        strip = torch.zeros((len(self.norms), win_h, padded_w), dtype=torch.float32,
+                            device=device)
+        valid = torch.zeros((win_h, padded_w), dtype=torch.bool, device=device)
+        blender = Blender(planes, win_h, width, padded_w,
+                          window_weight(win_h, win_w, self.overlap), device)
+        marked = total = 0
+        reader = ReadAhead(_strips(self.src, self.ys, win_h), depth=2)
+        writer = WriteBehind(lambda item: emit(*item), depth=2)
+
+        def flush(until: int) -> None:
+            nonlocal marked, total
+            top = blender.top
+            rows = blender.flush(until, valid)
+            if rows is None:
+                return
+            out, m, v = finish_rows(rows, self.classes, threshold)
+            marked, total = marked + m, total + v
+            writer.put((top, to_host(out)))
+
+        model.eval()
+        try:
+            with torch.inference_mode(), seeded(model, self.mc_samples > 0):
+                prev = None
+                for y0, (raw, ok) in zip(ys, reader):
+                    flush(y0)
+                    at = 0
+                    if prev is not None:   # slide the rows this window row shares with the last
+                        shift = y0 - prev
+                        at = max(win_h - shift, 0)
+                        if at:
+                            strip[:, :at] = strip[:, shift:].clone()
+                            valid[:at] = valid[shift:].clone()
+                    prev = y0
+                    raw_t = torch.from_numpy(raw).to(device)
+                    ok_t = torch.from_numpy(ok).to(device)
+                    n = ok_t.shape[0]
+                    valid[at:at + n, :width] = ok_t
+                    for band, norm in enumerate(self.norms):
+                        strip[band, at:at + n, :width] = normalize_tensor(norm, raw_t[band], ok_t)
+                    tiles = torch.stack([strip[:, :, x0:x0 + win_w] for x0 in self.xs])
+                    for s in range(0, len(self.xs), batch_size):
+                        with _autocast(model, self.fm.precision):
+                            prob = window_probabilities(model, tiles[s:s + batch_size], tta,
+                                                        temperature, self.mc_samples)
+                        blender.add(prob, self.xs[s:s + batch_size])
+                flush(height)
+            writer.close()
+        finally:
+            reader.close()
+            writer.abort()
+        return marked, total
 
 
 def _autocast(model: torch.nn.Module, precision: str):
     device = next(model.parameters()).device
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def _mask_block(prob: np.ndarray, threshold: float) -> np.ndarray:
-    if len(prob) == 1:
-        return (prob[0] >= threshold).astype(np.uint8)  # NaN compares false: invalid -> 0
-    labels = np.nan_to_num(prob, nan=-1.0).argmax(axis=0).astype(np.uint8)
-    labels[np.isnan(prob[0])] = 0
-    return labels
-
-
-def _source_fraction(probs: np.ndarray, threshold: float) -> float:
-    """The fraction of valid (non-NaN) pixels that the mask marks, read block by block."""
-    marked = valid = 0
-    for y0 in range(0, probs.shape[1], _BLOCK_ROWS):
-        block = probs[:, y0:y0 + _BLOCK_ROWS]
-        marked += int(np.count_nonzero(_mask_block(block, threshold)))
-        valid += int(np.count_nonzero(~np.isnan(block[0])))
-    return marked / valid if valid else 0.0
-
-
-def _label_sources(probs: np.ndarray, threshold: float, tmp: Path) -> tuple[np.ndarray, int]:
-    """Disk-backed int32 labels of MASK's 8-connected components, and how many there are."""
-    _, height, width = probs.shape
-    mask = np.lib.format.open_memmap(tmp / "mask.npy", "w+", np.uint8, (height, width))
-    for y0 in range(0, height, _BLOCK_ROWS):
-        mask[y0:y0 + _BLOCK_ROWS] = _mask_block(probs[:, y0:y0 + _BLOCK_ROWS], threshold) != 0
-    labels = np.lib.format.open_memmap(tmp / "labels.npy", "w+", np.int32, (height, width))
-    count = ndimage.label(mask, structure=np.ones((3, 3), bool), output=labels)
-    return labels, int(count)
-
-
-def _write_output(path: Path, probs: np.ndarray, header: fits.Header, threshold: float,
-                  class_names: list[str], labels: np.ndarray,
-                  std: np.ndarray | None = None) -> None:
-    """Stream the HDUs block by block from the disk-backed probability and label arrays."""
-    k, height, width = probs.shape
-    planes = [("PRIMARY", np.float32, lambda y: probs[0, y] if k == 1 else 1 - probs[0, y]),
-              ("MASK", np.uint8, lambda y: _mask_block(probs[:, y], threshold))]
-    if k > 1:
-        planes += [(f"PROB_{name.upper()[:60]}", np.float32, lambda y, i=i: probs[i, y])
-                   for i, name in enumerate(class_names)]
-    planes.append(("LABELS", np.int32, lambda y: labels[y]))
-    if std is not None:
-        planes.append(("STD", np.float32, lambda y: std[y]))
-    # Plain file writes of what astropy's StreamingHDU wrote (the same bytes): its
-    # ndarray.tofile drops the errno of a failed write ("65536 requested and 29280 written"),
-    # so a full disk could not be told from a bug.
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        for name, dtype, plane in planes:
-            hdr = _plane_header(name, dtype, height, width, header)
-            with warnings.catch_warnings():
-                # A long value leaves its comment less room: cut short, as intended.
-                warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-                f.write(hdr.tostring().encode("ascii"))
-            big_endian = np.dtype(dtype).newbyteorder(">")   # FITS data are big-endian
-            size = 0
-            for y0 in range(0, height, _BLOCK_ROWS):
-                block = plane(slice(y0, y0 + _BLOCK_ROWS))
-                block = np.ascontiguousarray(block, dtype=big_endian)
-                f.write(block.tobytes())
-                size += block.nbytes
-            f.write(bytes(-size % 2880))   # zeros to a whole FITS block
-
-
-def _plane_header(name: str, dtype: type, height: int, width: int, cards: fits.Header) -> fits.Header:
-    primary = name == "PRIMARY"
-    hdr = fits.Header()
-    if primary:
-        hdr["SIMPLE"] = True
-    else:
-        hdr["XTENSION"] = "IMAGE"
-    hdr["BITPIX"] = {np.float32: -32, np.int32: 32}.get(dtype, 8)
-    hdr["NAXIS"], hdr["NAXIS1"], hdr["NAXIS2"] = 2, width, height
-    if primary:
-        hdr["EXTEND"] = True
-    else:
-        hdr["PCOUNT"], hdr["GCOUNT"], hdr["EXTNAME"] = 0, 1, name
-    hdr.extend(cards)
-    if dtype == np.float32:   # the input's BUNIT was dropped with the other value cards
-        hdr["BUNIT"] = ("", "dimensionless: std of a probability" if name == "STD"
-                        else "dimensionless: probability in [0, 1]")
-    return hdr
