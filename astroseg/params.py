@@ -384,9 +384,12 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class LossParams:
-    """The `loss` section, read by train and evaluate: weighted soft Dice + BCE."""
+    """The `loss` section, read by train and evaluate: weighted soft Dice + BCE, plus BCE over
+    a band around the true edges (`boundary_weight`, 0 = off)."""
     dice_weight: float = _p(0.6, ge=0)
     bce_weight: float = _p(0.4, ge=0)
+    boundary_weight: float = _p(0.0, ge=0)
+    boundary_width: int = _p(2, ge=1, le=64)
 
     def check(self) -> None:
         if self.dice_weight == 0 and self.bce_weight == 0:
@@ -420,6 +423,7 @@ class TrainParams:
     max_memory_gb: float = _p(4.0, gt=0)
     loader_workers: int = _p(2, ge=0)
     init_from: str = _p("")                 # checkpoint to fine-tune from ("" = random init)
+    ema: float = _p(0.0, ge=0, lt=1)        # decay of the weight average validated and kept; 0 = off
 
     def check(self) -> None:
         if self.nproc > self.batch_size:

@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from astroseg.infer.predict import predict
 from astroseg.models import build_model
@@ -27,15 +26,11 @@ from astroseg.models.symmetry import apply_ops, draw_ops
 from astroseg.params import LossParams, load_params
 from astroseg.scoring.evaluation import evaluate_tensors
 from astroseg.scoring.losses import segmentation_loss
+from roofline import flops_per_image, matmul_rate, sync
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s, by device-name substring.
 BF16_PEAK_TFLOPS = {"H200": 989, "H100 PCIe": 756, "H100 NVL": 835, "H100": 989, "GH200": 989,
                     "A100": 312, "L40S": 362, "L4": 121, "A10G": 70, "A10": 125, "V100": 0}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
@@ -47,37 +42,6 @@ def timed(fn, device: torch.device, repeats: int) -> float:
         fn()
     sync(device)
     return (time.perf_counter() - t0) / repeats
-
-
-def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
-    """A large matmul's rate: what the device's matrix units reach in practice."""
-    n = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = timed(lambda: a @ b, device, 20 if device.type == "cuda" else 3)
-    return 2 * n ** 3 / seconds / 1e12
-
-
-def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
-                         transposed, _output_padding, _groups, output_mask, out_shape=None,
-                         **_) -> int:
-    # torch's own formula ignores `groups` (65x too much for a 64-channel depthwise conv): each
-    # of the input and weight gradients costs what the forward convolution costs.
-    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
-    return forward * (bool(output_mask[0]) + bool(output_mask[1]))
-
-
-def flops_per_image(config: dict, size: int) -> tuple[float, float]:
-    """Forward, and forward + backward, FLOPs of one training image."""
-    model = build_model(config)
-    x = torch.rand(2, 1, size, size)
-    with FlopCounterMode(display=False) as forward:
-        out = model(x).float().mean()
-    with FlopCounterMode(display=False, custom_mapping={
-            torch.ops.aten.convolution_backward: _conv_backward_flops}) as backward:
-        out.backward()
-    return forward.get_total_flops() / 2, (forward.get_total_flops()
-                                           + backward.get_total_flops()) / 2
 
 
 def train_step(config: dict, device: torch.device, batch: int, precision: str, compile_mode: str):
@@ -135,12 +99,12 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
     params = load_params(args.params)
     config = {**params.model.config(), "image_size": [128, 128]}
-    forward, flops = flops_per_image(config, 128)
+    forward, flops = flops_per_image(build_model(config), [128, 128])
     spec = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), 0) if cuda else 0
     # A CPU without native bf16 emulates it ~20x slower: its peak is the fp32 one.
     native = cuda or torch.ops.mkldnn._is_mkldnn_bf16_supported()
     dtype = torch.bfloat16 if native else torch.float32
-    measured = matmul_tflops(device, dtype)
+    measured = matmul_rate("bf16" if native else "fp32", device) / 1e3
     print(f"device: {name}; torch {torch.__version__}; {config['name']}: {forward / 1e9:.3f} "
           f"GFLOP forward, {flops / 1e9:.3f} forward + backward per 128x128 image; peak: data "
           f"sheet bf16 {spec or 'unknown'} TFLOP/s, measured {str(dtype)[6:]} matmul "

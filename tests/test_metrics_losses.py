@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,39 @@ def test_two_class_softmax_loss_matches_its_binary_twin():
     two = torch.cat([torch.zeros_like(z), z], dim=1)
     assert torch.allclose(cross_entropy(two, target), cross_entropy(z, target), atol=1e-6)
     assert segmentation_loss(two, target, LossParams()).shape == (2,)
+
+
+def test_boundary_band_is_the_pixels_within_width_of_an_edge():
+    from scipy import ndimage
+    from astroseg.scoring.losses import boundary_band
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[0, 0, 4:11, 5:9] = 1
+    valid = torch.ones(1, 1, 16, 16, dtype=torch.bool)
+    valid[0, 0, 0] = False
+    for width in (1, 2):
+        m = mask[0, 0].numpy().astype(bool)
+        box = np.ones((2 * width + 1,) * 2, bool)
+        want = (ndimage.binary_dilation(m, box) & ~ndimage.binary_erosion(m, box, border_value=1))
+        want &= valid[0, 0].numpy()
+        band = boundary_band(mask, valid, width)
+        assert np.array_equal(band[0, 0].numpy().astype(bool), want)
+
+
+def test_boundary_term_adds_edge_cross_entropy_and_zero_weight_changes_nothing():
+    from astroseg.scoring.losses import boundary_band
+    torch.manual_seed(0)
+    logits = torch.randn(3, 1, 16, 16)
+    target = (torch.rand(3, 1, 16, 16) > 0.7).to(torch.uint8)
+    base = LossParams()
+    plain = segmentation_loss(logits, target, base)
+    # boundary_weight 0 (the default) is the Dice + BCE of before, bit for bit.
+    want = (base.dice_weight * soft_dice_loss(torch.sigmoid(logits), target.float(),
+                                                torch.ones_like(target, dtype=torch.bool))
+            + base.bce_weight * cross_entropy(logits, target))
+    assert torch.equal(plain, want)
+    edged = segmentation_loss(logits, target, LossParams(boundary_weight=0.5, boundary_width=1))
+    band = boundary_band(target.float(), torch.ones_like(target, dtype=torch.bool), 1)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.float(),
+                                                              reduction="none")
+    edge = (ce * band).flatten(1).sum(1) / band.flatten(1).sum(1)
+    torch.testing.assert_close(edged, plain + 0.5 * edge)

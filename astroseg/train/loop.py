@@ -26,6 +26,7 @@ from astroseg.params import LossParams, TrainParams
 from astroseg.scoring.evaluation import as_tensors, concat, evaluate_stream, evaluate_tensors
 from astroseg.scoring.losses import segmentation_loss
 from astroseg.train.batches import InMemory, Streamed
+from astroseg.train.ema import WeightAverage
 from astroseg.train.distributed import (SINGLE, Dist, all_sum, any_rank, barrier, gather_objects,
                                         shard, wrap)
 from astroseg.train.history import EpochRecord
@@ -133,7 +134,8 @@ def _set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> No
 
 def _resume(checkpointer: Checkpointer, model: nn.Module, optimizer: torch.optim.Optimizer,
             rng: torch.Generator, device: torch.device, dist: Dist,
-            on_resume: Callable[[str], None] | None) -> Progress | None:
+            on_resume: Callable[[str], None] | None,
+            average: WeightAverage | None) -> Progress | None:
     """Restore the saved state into the run if it belongs to it; every rank must agree."""
     if dist.main:
         checkpointer.clean()
@@ -150,6 +152,8 @@ def _resume(checkpointer: Checkpointer, model: nn.Module, optimizer: torch.optim
         return None
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
+    if average is not None:   # the fingerprint holds the params: ema was on when saved too
+        average.load_state_dict(saved["ema"])
     rng.set_state(saved["generator"])
     _set_rng_states(saved["rng"][min(dist.rank, len(saved["rng"]) - 1)], device)
     p = progress_from_dict(saved["progress"])
@@ -193,9 +197,11 @@ def train_model(model: nn.Module, train: Split | StreamedSplit, val: Split | Str
     peak_lr = cfg.peak_lr()
     show = dist.main and cfg.progress
 
+    # With train.ema, the weight average is what is validated and kept as the best weights.
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
     p = Progress()
     if checkpointer is not None:
-        p = _resume(checkpointer, model, optimizer, rng, device, dist, on_resume) or p
+        p = _resume(checkpointer, model, optimizer, rng, device, dist, on_resume, average) or p
 
     def save_state() -> None:
         rng_states = gather_objects(_rng_states(device), dist)
@@ -203,6 +209,7 @@ def train_model(model: nn.Module, train: Split | StreamedSplit, val: Split | Str
         total = all_sum(p.running.clone(), dist)
         if dist.main:
             checkpointer.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "ema": average.state_dict() if average else None,
                                "generator": rng.get_state(), "rng": rng_states,
                                "progress": progress_to_dict(p) | {"running": total.cpu()}})
         barrier(dist)
@@ -245,6 +252,8 @@ def train_model(model: nn.Module, train: Split | StreamedSplit, val: Split | Str
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update(model)
             p.step += 1
             p.position += count
             p.running += batch_loss.detach().double() * (count / dist.world)
@@ -262,7 +271,8 @@ def train_model(model: nn.Module, train: Split | StreamedSplit, val: Split | Str
                         f" in epoch {p.epoch} after {p.position} of {n} images; saved the "
                         f"training state to {checkpointer.path}: rerun the stage to resume")
         bar.close()
-        summary = _validate(model, validation, loss, device, max(batch, 32), dist)
+        with average.swapped_in(model) if average else contextlib.nullcontext():
+            summary = _validate(model, validation, loss, device, max(batch, 32), dist)
         train_loss = float(all_sum(p.running.clone(), dist)) / trained
         record = EpochRecord(epoch=p.epoch, train_loss=train_loss, val_loss=summary["loss"],
                              val_iou=summary["iou"], val_dice=summary["dice"],
@@ -272,7 +282,8 @@ def train_model(model: nn.Module, train: Split | StreamedSplit, val: Split | Str
             on_epoch(record)
         if record.val_iou > p.best_iou:
             p.best_iou, p.best_epoch = record.val_iou, p.epoch
-            p.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            kept = average.state if average else model.state_dict()
+            p.best_state = {k: v.detach().cpu().clone() for k, v in kept.items()}
         p.epoch, p.position, p.order = p.epoch + 1, 0, None
         if checkpointer is not None:
             save_state()
