@@ -118,3 +118,13 @@ def test_relative_position_bias_variant_trains_and_resizes():
     model(torch.randn(2, 1, 32, 32)).mean().backward()
     assert model.rel_bias[0].table.grad.abs().sum() > 0
     assert model(torch.randn(1, 1, 48, 24)).shape == (1, 1, 48, 24)
+
+
+@pytest.mark.parametrize("h, w, r", [(32, 32, 8), (16, 8, 4), (12, 10, 4)])
+def test_patchify_is_the_strided_conv_it_replaces(h, w, r):
+    from astroseg.models.segformer import _patchify
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 6, r, stride=r)
+    tokens = torch.randn(3, h * w, 6)
+    want = conv(tokens.transpose(1, 2).reshape(3, 6, h, w)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(_patchify(conv, tokens, h, w), want, rtol=1e-5, atol=1e-5)

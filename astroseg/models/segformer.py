@@ -56,6 +56,21 @@ class PatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), h, w
 
 
+def _patchify(conv: nn.Conv2d, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """`conv` (kernel = stride = r, no padding) of the (B, h*w, C) token map, as tokens.
+
+    Computed as one matmul over the r x r patches: the same function as the conv, and on the
+    CPU its backward is several times faster than oneDNN's for these few, large-kernel outputs.
+    """
+    B, N, C = tokens.shape
+    r = conv.stride[0]
+    if h % r or w % r:   # a map the patches do not tile: the conv drops the remainder
+        return conv(tokens.transpose(1, 2).reshape(B, C, h, w)).flatten(2).transpose(1, 2)
+    patches = tokens.reshape(B, h // r, r, w // r, r, C).permute(0, 1, 3, 5, 2, 4)
+    return F.linear(patches.reshape(B, (h // r) * (w // r), C * r * r),
+                    conv.weight.reshape(conv.out_channels, -1), conv.bias)
+
+
 class EfficientAttention(nn.Module):
     """Self-attention whose keys/values come from the token map shrunk `sr_ratio` times per side."""
 
@@ -74,8 +89,7 @@ class EfficientAttention(nn.Module):
         d = C // self.num_heads
         q = self.q(x).view(B, N, self.num_heads, d).transpose(1, 2)
         if self.sr is not None:
-            x = self.sr(x.transpose(1, 2).reshape(B, C, h, w)).flatten(2).transpose(1, 2)
-            x = self.sr_norm(x)
+            x = self.sr_norm(_patchify(self.sr, x, h, w))
         k, v = self.kv(x).view(B, -1, 2, self.num_heads, d).permute(2, 0, 3, 1, 4)
         drop = self.attn_dropout if self.training else 0.0
         # Keys/values are few here (tens of tokens): CPU's flash kernel is ~3x slower than the
@@ -183,13 +197,19 @@ class SegFormer(nn.Module):
             x = norm(tokens).transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
             features.append(x)
         size = features[0].shape[-2:]
-        fused = sum(F.interpolate(p(f), size=size, mode="bilinear", align_corners=False)
-                    if f.shape[-2:] != size else p(f) for p, f in zip(self.project, features))
+        # Summed from the first projection, not from Python's 0: one full-size add fewer.
+        fused = self.project[0](features[0])
+        for p, f in zip(self.project[1:], features[1:]):
+            fused = fused + F.interpolate(p(f), size=size, mode="bilinear", align_corners=False)
         fused = self.fuse(fused)
         out = F.interpolate(self.head(fused), size=(H, W), mode="bilinear", align_corners=False)
         if self.refine is None:
             return out
-        return out + self.shuffle(self.refine(torch.cat([fused, self.unshuffle(image)], dim=1)))
+        # The image's blocks joined to the features in their dtype and layout (bf16 under
+        # autocast, channels-last like the token maps): the conv would cast the joined tensor
+        # anyway, and a mixed layout sent the backward pass down slow strided kernels.
+        blocks = self.unshuffle(image).to(fused.dtype, memory_format=torch.channels_last)
+        return out + self.shuffle(self.refine(torch.cat([fused, blocks], dim=1)))
 
 
 def fold_decoder_biases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
