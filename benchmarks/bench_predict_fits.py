@@ -1,7 +1,7 @@
 """`astroseg predict` on a big FITS image: today's FITS predict against the one before issue 15.
 
     .venv/bin/python benchmarks/bench_predict_fits.py [--size 4096] [--windows 256,384,512]
-        [--repeats 3] [--batch-size 8] [--precision auto] [--model models/model.pt]
+        [--batch-size 8 | 8,4,2] [--repeats 3] [--precision auto] [--model models/model.pt]
         [--device cpu|cuda] [--profile] [--naive]
 
 Writes a SIZE x SIZE float32 example field (astroseg.data.sky) with NaNs (a blank rectangle,
@@ -11,6 +11,8 @@ as a chip gap leaves, and 0.1% scattered pixels) to a temp dir, then for each wi
 each in a fresh subprocess (peak RSS, ru_maxrss, its own), old and new interleaved, the order
 alternating between repeats, and prints the medians: seconds, megapixels per second, peak
 memory and the speed ratio after / before. It checks that the two wrote the same result.
+`--batch-size` is windows per forward pass: one number for every window size, or one per
+window size (8,4,2: about the same pixels per pass at 256, 384 and 512).
 `--profile` runs each once more under cProfile and prints where the time goes (the reader and
 writer threads' busy time measured by wrapping their calls). `--naive` adds the seed's way
 (whole image, non-overlapping 128-pixel tiles, no blending) at the first window size.
@@ -189,7 +191,7 @@ def _frame(size: int, path: Path) -> None:
 def _run(args: argparse.Namespace, how: str, mode: str, image: Path, out: Path,
          window: int) -> dict:
     cmd = [sys.executable, __file__, how, mode, str(image), args.model, str(out), args.device,
-           str(window), str(args.batch_size), args.precision]
+           str(window), str(args.batches[window]), args.precision]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{mode} (window {window}) failed:\n{done.stderr[-3000:]}")
@@ -208,13 +210,17 @@ def _agreement(before: Path, after: Path) -> str:
             f"agrees on {mask:.6f} of pixels, sources {src[0]} / {src[1]}")
 
 
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--windows", default="256,384,512")
     ap.add_argument("--model", default=str(ROOT / "models/model.pt"))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", default="8")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--profile", action="store_true")
@@ -227,12 +233,17 @@ def main() -> None:
     if args.profile_child:
         return profile_child(*args.profile_child)
     windows = [int(w) for w in args.windows.split(",")]
+    batches = [int(b) for b in args.batch_size.split(",")]
+    if len(batches) not in (1, len(windows)):
+        sys.exit(f"--batch-size {args.batch_size}: one number, or one per window {windows}")
+    args.batches = dict(zip(windows, batches * len(windows) if len(batches) == 1 else batches))
     gpu = f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
                 .splitlines() if ln.startswith("model name")), platform.machine())
     print(f"machine: {cpu}, {torch.get_num_threads()} torch threads{gpu}, torch "
-          f"{torch.__version__}; image {args.size}x{args.size} float32 with NaNs; batch "
-          f"{args.batch_size}, precision {args.precision}, {args.repeats} repeats", flush=True)
+          f"{torch.__version__}; image {args.size}x{args.size} float32 with NaNs; windows per "
+          f"batch {args.batches}, precision {args.precision}, {args.repeats} repeats", flush=True)
+    print(f"load average before: {_load()}", flush=True)
     mp = args.size * args.size / 1e6
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / "big.fits"
@@ -251,6 +262,7 @@ def main() -> None:
                     peaks[mode, window] = max(peaks.get((mode, window), 0.0), r["peak_gb"])
                     print(f"  repeat {rep + 1}, window {window}, {mode}: {r['seconds']:.2f} s",
                           flush=True)
+        print(f"load average after: {_load()}")
         print(f"\n{'window':>6} {'mode':<7} {'seconds':>8} {'MP/s':>6} {'peak GB':>8} "
               f"{'after/before':>13}")
         for window in windows:
@@ -262,7 +274,9 @@ def main() -> None:
                 ratio = f"{base / s:12.2f}x" if mode == "after" else ""
                 print(f"{window:>6} {mode:<7} {s:8.2f} {mp / s:6.2f} {peaks[mode, window]:8.2f} "
                       f"{ratio:>13}")
-            print(f"{'':>6} check: {_agreement(Path(tmp) / f'before{window}.fits', Path(tmp) / f'after{window}.fits')}")
+            check = _agreement(Path(tmp) / f"before{window}.fits",
+                               Path(tmp) / f"after{window}.fits")
+            print(f"{'':>6} check: {check}")
         if args.profile:
             for window in windows:
                 print(f"\nprofile, window {window} (seconds; cProfile adds overhead):")

@@ -4,8 +4,12 @@ The input is read in row strips through astropy's section access (memory-mapped 
 allows), normalised with the method the model was trained with (from the checkpoint), and cut
 into `window`-sized windows that overlap by `overlap` pixels. Each window's probabilities are
 weighted by a raised-cosine ramp (astroseg.data.tiling.window_weight) and accumulated in a strip
-buffer one window-row high; rows no later window touches are final and go to a disk-backed
-array. Memory is O(window x width), not O(image). The output FITS has:
+buffer one window-row high; rows no later window touches are final. Memory is O(window x
+width), not O(image). Three threads share the work (issue 15): a reader reads the next strip
+while the model runs; the main thread normalises, runs the windows, blends and thresholds in
+torch on the model's device (astroseg.infer.blend: on a GPU nothing goes back to the host
+before the finished rows); a writer writes those rows straight to their places in the
+output's temp file (astroseg.infer.fits_output). The output FITS has:
   HDU 0 (PRIMARY)  float32 probability of a source (1 - P(background) when multi-class); NaN
                    where the input pixel was NaN/BLANK
   HDU 1 MASK       uint8 mask (threshold on HDU 0; the argmax class when multi-class), 0 where
@@ -22,7 +26,7 @@ touches every pixel of the uint8 mask and the int32 labels, about 5 bytes per pi
 unless calibration is switched off; ASCALIB/ASTEMP say which, ASMCSAMP how many MC passes.
 Every HDU carries the input's WCS and header cards (with INHERIT = T, the primary's too), plus
 provenance keywords (AS*), except the cards that describe the input's pixel values (see
-_VALUE_CARDS): a probability map must not claim BUNIT = 'count' or the input's SATURATE.
+fits_output._VALUE_CARDS): a probability map must not claim BUNIT = 'count' or the input's SATURATE.
 Bad pixels are read as in dataset preparation (astroseg.data.fits_io.open_image): by default the
 image and bad-pixel HDUs the model was trained with (checkpoint meta "fits"), and flagged
 pixels are NaN in the probabilities and 0 in MASK, like NaN/BLANK input pixels.
