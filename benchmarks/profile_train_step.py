@@ -16,6 +16,7 @@ import collections
 import platform
 import re
 import time
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -25,6 +26,8 @@ from astroseg.models import build_model
 from astroseg.params import load_params
 from astroseg.scoring.losses import segmentation_loss
 from roofline import matmul_rate, train_flops
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # First match wins: op name pattern -> type.
 TYPES = [
@@ -72,7 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--rows", type=int, default=25, help="ops listed by self time")
     args = ap.parse_args()
     params = load_params(args.params)

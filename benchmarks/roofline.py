@@ -106,7 +106,7 @@ def main() -> None:
     from profile_train_step import make_step
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--fits-size", type=int, default=2048)
     ap.add_argument("--model", default=str(ROOT / "models/model.pt"))

@@ -81,8 +81,10 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _compiled(net: nn.Module, mode: str, device: torch.device) -> nn.Module:
-    # On the CPU, torch 2.13's inductor computed wrong gradients for the segformer (zero for
-    # every encoder stage after the first), and it trained 12% slower than eager there anyway.
+    # On the CPU, torch 2.13's inductor computes wrong gradients for the segformer under bf16
+    # autocast (zero for every encoder stage after the first; right in fp32), in every mode,
+    # max-autotune-no-cudagraphs included, and trains slower than eager there anyway
+    # (benchmarks/check_compile_cpu.py).
     if mode == "false" or device.type != "cuda":
         return net
     # Static shapes: one graph for the full batches (and one for a last, smaller one), so CUDA
