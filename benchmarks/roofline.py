@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/roofline.py [--params params.yaml] [--device cpu|cuda]
                                             [--fits-size 2048] [--model models/model.pt]
 
-For train (a training step, batch `train.batch_size`), evaluate (the test split's forward
-passes, batch `evaluate.batch_size`, times 8 with TTA) and FITS predict (`predict_fits` on a
-generated frame with NaNs, windows of 256 and overlap 32): FLOPs per item, achieved GFLOP/s and
-the fraction of the measured 2048x2048 (8192 on CUDA) matmul rate. FLOPs come from
+For train (a training step, batch `train.batch_size`, in the precision `train.precision`
+resolves to), evaluate (forward passes at `evaluate.batch_size` in fp32, as the evaluate stage
+runs them, times 8 with TTA) and FITS predict (`predict_fits` on a generated frame with NaNs,
+windows of 256 and overlap 32, `--precision auto`): FLOPs per item, achieved GFLOP/s and the
+fraction of the measured 2048x2048 (8192 on CUDA) matmul rate in the precision the path runs in. FLOPs come from
 torch.utils.flop_counter, with depthwise convolutions' backward counted right (see
 `_conv_backward_flops`). The functions here are shared by bench_gpu.py and profile_train_step.py.
 """
@@ -121,7 +122,6 @@ def main() -> None:
     model.to(device)
     precision = resolve_precision(params.train.precision, device)
     rates = {p: matmul_rate(p, device) for p in ("bf16", "fp32")}
-    peak = rates[precision]
     rows = []
 
     batch = params.train.batch_size
@@ -130,20 +130,19 @@ def main() -> None:
     model.train()
     step = make_step(model, x, y, params.loss, precision)
     sec = _median_seconds(lambda: (step(), sync(device)), args.repeats)
-    rows.append(("train step", f"image {size[0]}x{size[1]}", fwd_bwd, batch / sec))
+    rows.append(("train step", f"image {size[0]}x{size[1]}", fwd_bwd, batch / sec, precision))
 
     model.eval()
     tta = 8 if params.evaluate.tta else 1
     xe = torch.rand(params.evaluate.batch_size, model.in_channels, *size, device=device)
 
     def forward() -> None:
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16,
-                                                    enabled=precision == "bf16"):
+        with torch.inference_mode():
             model(xe)
         sync(device)
     sec = _median_seconds(forward, args.repeats)
     rows.append((f"evaluate (x{tta} TTA)", f"image {size[0]}x{size[1]}", fwd * tta,
-                 params.evaluate.batch_size / sec / tta))
+                 params.evaluate.batch_size / sec / tta, "fp32"))
 
     if Path(args.model).exists():
         from astroseg.data.tiling import starts
@@ -159,17 +158,17 @@ def main() -> None:
                                                        args.model, args.device),
                                   max(1, args.repeats // 2))
         rows.append((f"FITS predict {n}^2", "megapixel", flops_window * windows / (n * n / 1e6),
-                     n * n / 1e6 / sec))
+                     n * n / 1e6 / sec, resolve_precision("auto", device)))
 
     print(f"machine: {platform.machine()} {platform.processor()}, {torch.get_num_threads()} "
           f"torch threads, torch {torch.__version__}, device {args.device}; {precision}; matmul "
           f"rate bf16 {rates['bf16']:.0f} GFLOP/s, fp32 {rates['fp32']:.0f} GFLOP/s")
-    print(f"{'path':<24} {'item':<16} {'GFLOP/item':>10} {'items/s':>9} {'GFLOP/s':>8} "
-          f"{'of matmul':>9}")
-    for path, item, flops, per_second in rows:
+    print(f"{'path':<24} {'item':<16} {'GFLOP/item':>10} {'items/s':>9} {'precision':>9} "
+          f"{'GFLOP/s':>8} {'of matmul':>9}")
+    for path, item, flops, per_second, prec in rows:
         achieved = flops * per_second / 1e9
-        print(f"{path:<24} {item:<16} {flops / 1e9:10.3f} {per_second:9.1f} {achieved:8.0f} "
-              f"{achieved / peak:9.1%}")
+        print(f"{path:<24} {item:<16} {flops / 1e9:10.3f} {per_second:9.1f} {prec:>9} "
+              f"{achieved:8.0f} {achieved / rates[prec]:9.1%}")
 
 
 if __name__ == "__main__":
