@@ -388,7 +388,7 @@ class LossParams:
     a band around the true edges (`boundary_weight`, 0 = off)."""
     dice_weight: float = _p(0.6, ge=0)
     bce_weight: float = _p(0.4, ge=0)
-    boundary_weight: float = _p(0.0, ge=0)
+    boundary_weight: float = _p(0.5, ge=0)
     boundary_width: int = _p(2, ge=1, le=64)
 
     def check(self) -> None:
@@ -399,7 +399,7 @@ class LossParams:
 @dataclass(frozen=True)
 class TrainParams:
     """The `train` section: AdamW with warmup + cosine decay, validation after every epoch."""
-    epochs: int = _p(11, ge=1)
+    epochs: int = _p(12, ge=1)
     batch_size: int = _p(16, ge=1)
     lr: float = _p(3e-3, gt=0)
     weight_decay: float = _p(0.01, ge=0)

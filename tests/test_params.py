@@ -118,7 +118,7 @@ def test_missing_and_malformed_files(tmp_path):
 def test_missing_keys_take_the_projects_defaults_and_ints_widen_to_float():
     params = parse_section(Params, {"train": {"lr": 1}}, "")
     assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
-    assert params.train.epochs == 11
+    assert params.train.epochs == 12 and params.loss.boundary_weight == 0.5
     # A file holding only `train: {epochs: 2}` trains the project's default, not the seed's.
     params = parse_section(Params, {"train": {"epochs": 2}}, "")
     assert params.model.name == "segformer" and params.train.lr == 3e-3
