@@ -1,9 +1,10 @@
 """Where a CPU training step spends its time, per op type, and its fraction of the matmul rate.
 
-    .venv/bin/python benchmarks/profile_train_step.py [--steps 10] [--batch 16] [--params params.yaml]
+    .venv/bin/python benchmarks/profile_train_step.py [--steps 10] [--batch 16] [--before]
+                                                      [--params params.yaml]
 
-Builds the model of `--params`, runs the training loop's step (bf16 autocast where `auto` picks
-it, the loss, fused AdamW) on a batch of synthetic 128x128 images, profiles `--steps` steps with
+Builds the model of `--params` (or, with `--before`, the model of a1d8118), runs the training
+loop's step (bf16 autocast where `auto` picks it, the loss, fused AdamW) on a batch of synthetic 128x128 images, profiles `--steps` steps with
 torch.profiler and sums self CPU time into op types (matmul, convolution, attention, norms,
 elementwise, layout copies, optimizer, ...). Also measures the 2048x2048 matmul rate in bf16 and
 fp32 and prints the step's achieved GFLOP/s as a fraction of it.
@@ -77,11 +78,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--rows", type=int, default=25, help="ops listed by self time")
+    ap.add_argument("--before", action="store_true",
+                    help="profile the model of a1d8118 (segformer_before.py) instead")
     args = ap.parse_args()
     params = load_params(args.params)
     torch.manual_seed(0)
     size = [params.data.height, params.data.width]
-    model = build_model({**params.model.config(), "image_size": size})
+    if args.before:
+        import segformer_before
+        from bench_train_step import BEFORE
+        model = segformer_before.SegFormer(image_size=tuple(size), **BEFORE)
+    else:
+        model = build_model({**params.model.config(), "image_size": size})
     model.train()
     precision = resolve_precision(params.train.precision, torch.device("cpu"))
     x = torch.rand(args.batch, model.in_channels, *size)
