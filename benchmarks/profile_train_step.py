@@ -4,9 +4,9 @@
                                                       [--params params.yaml]
 
 Builds the model of `--params` (or, with `--before`, the model of a1d8118), runs the training
-loop's step (bf16 autocast where `auto` picks it, the loss, fused AdamW) on a batch of synthetic 128x128 images, profiles `--steps` steps with
-torch.profiler and sums self CPU time into op types (matmul, convolution, attention, norms,
-elementwise, layout copies, optimizer, ...). Also measures the 2048x2048 matmul rate in bf16 and
+loop's step (bf16 autocast where `auto` picks it, the loss, fused AdamW) on a batch of
+synthetic 128x128 images, profiles `--steps` steps with torch.profiler and sums self CPU time
+into op types (matmul, convolution, attention, norms, elementwise, layout copies, optimizer). Also measures the 2048x2048 matmul rate in bf16 and
 fp32 and prints the step's achieved GFLOP/s as a fraction of it.
 """
 
