@@ -461,7 +461,7 @@ DISK_FULL = [
     ("evaluate-csv", "evaluate", "metrics/pr_curve.csv", 1_500),
     ("evaluate-examples-h5", "evaluate", "metrics/test_predictions.h5", 100_000),
     ("baseline-json", "baseline", "metrics/baseline.json", 600),
-    ("plots-png", "plots", "plots/training_curves.png", 20_000),
+    ("plots-png", "plots", "plots/training_curves.png", 5_000),   # any figure is larger
     ("plots-report", "plots", "plots/report.html", 100_000),
     ("predict-hdf5", "predict-hdf5", "out/stack.h5", 50_000),
     ("predict-fits-scratch", "predict-fits", "out/field.fits", 1_000),

@@ -79,7 +79,8 @@ def test_losses_reward_better_predictions_per_image():
     assert dice.shape == (2,) and dice[0] < 0.01 < 0.99 < dice[1]
     ce = cross_entropy(logits, target)
     assert ce[0] < 0.01 and ce[1] > 5
-    combo = segmentation_loss(logits, target, LossParams(dice_weight=0.6, bce_weight=0.4))
+    combo = segmentation_loss(logits, target, LossParams(dice_weight=0.6, bce_weight=0.4,
+                                                         boundary_weight=0.0))
     assert torch.allclose(combo, 0.6 * dice + 0.4 * ce)
 
 
@@ -113,9 +114,9 @@ def test_boundary_term_adds_edge_cross_entropy_and_zero_weight_changes_nothing()
     torch.manual_seed(0)
     logits = torch.randn(3, 1, 16, 16)
     target = (torch.rand(3, 1, 16, 16) > 0.7).to(torch.uint8)
-    base = LossParams()
+    base = LossParams(boundary_weight=0.0)
     plain = segmentation_loss(logits, target, base)
-    # boundary_weight 0 (the default) is the Dice + BCE of before, bit for bit.
+    # boundary_weight 0 is the Dice + BCE of before, bit for bit.
     want = (base.dice_weight * soft_dice_loss(torch.sigmoid(logits), target.float(),
                                                 torch.ones_like(target, dtype=torch.bool))
             + base.bce_weight * cross_entropy(logits, target))
@@ -126,3 +127,24 @@ def test_boundary_term_adds_edge_cross_entropy_and_zero_weight_changes_nothing()
                                                               reduction="none")
     edge = (ce * band).flatten(1).sum(1) / band.flatten(1).sum(1)
     torch.testing.assert_close(edged, plain + 0.5 * edge)
+
+
+def test_boundary_band_sees_no_edge_where_a_source_meets_invalid_pixels():
+    from astroseg.scoring.losses import boundary_band
+    # An all-source tile with a dead column block (binary), and an all-class-2 tile with
+    # unknown rows (3 classes): no true edge in either.
+    valid = torch.ones(1, 1, 12, 12, dtype=torch.bool)
+    valid[..., 4:6] = False
+    assert boundary_band(torch.ones(1, 1, 12, 12), valid, 2).sum() == 0
+    onehot = torch.zeros(1, 3, 10, 10)
+    onehot[:, 2] = 1
+    valid = torch.ones(1, 1, 10, 10, dtype=torch.bool)
+    valid[..., 3:6, :] = False
+    assert boundary_band(onehot, valid, 1).sum() == 0
+    # A real edge next to the dead block is still found, on both sides.
+    mask = torch.zeros(1, 1, 12, 12)
+    mask[..., :, 8:] = 1
+    valid = torch.ones(1, 1, 12, 12, dtype=torch.bool)
+    valid[..., 4:6] = False
+    band = boundary_band(mask, valid, 1)[0, 0]
+    assert band[:, 7:9].all() and band.sum() == 24

@@ -62,10 +62,12 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def boundary_band(onehot: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
     """(B, 1, H, W) float: valid pixels within `width` pixels (Chebyshev) of a class edge of
-    `onehot` (B, C, H, W), on either side."""
+    `onehot` (B, C, H, W), on either side. Invalid pixels are no class: where a source meets
+    NaN, a bad pixel or padding there is no edge."""
     k = 2 * width + 1
-    grown = F.max_pool2d(onehot, k, stride=1, padding=width)
-    shrunk = -F.max_pool2d(-onehot, k, stride=1, padding=width)
+    grown = F.max_pool2d(onehot.masked_fill(~valid, -1.0), k, stride=1, padding=width)
+    shrunk = -F.max_pool2d(-onehot.masked_fill(~valid, 2.0), k, stride=1, padding=width)
+    # A valid pixel sees itself, so both pools see at least one class value (0 or 1).
     return ((grown != shrunk).any(1, keepdim=True) & valid).float()
 
 
