@@ -1,7 +1,7 @@
 """Train recipe variants on the CPU and score each on 1000 validation images (docs/tuning.md).
 
-    .venv/bin/python benchmarks/recipe_sweep.py --out sweep.tsv \
-        'baseline|' 'ema|train.ema=0.995' 'edge|loss.boundary_weight=0.5,train.epochs=12'
+    .venv/bin/python benchmarks/recipe_sweep.py --out sweep.tsv 'default|' \
+        'a1d8118 default|loss.boundary_weight=0,train.epochs=11' 'ema|train.ema=0.995'
 
 Each run is `name|key=value,...` over params.yaml (dotted keys, YAML values). It trains as the
 train stage does (the pipeline's 120 validation images choose the kept epoch), then scores the
