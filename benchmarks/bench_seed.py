@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -19,16 +17,7 @@ from astroseg.models import build_model
 from astroseg.params import DataParams, TinySegFormerParams
 from astroseg.data.synthetic import generate
 from seed_reference import SeedTinySegFormer, make_sample
-from timing import interleaved_medians, train_step
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import interleaved_medians, median_seconds, train_step
 
 
 def main() -> None:
@@ -41,9 +30,9 @@ def main() -> None:
           f"torch threads, torch {torch.__version__}")
 
     np.random.seed(0)
-    seed_gen = _median_seconds(lambda: [make_sample() for _ in range(args.images)], args.repeats)
+    seed_gen = median_seconds(lambda: [make_sample() for _ in range(args.images)], args.repeats)
     params = DataParams()
-    ours_gen = _median_seconds(lambda: list(generate(params, {"train": args.images})), args.repeats)
+    ours_gen = median_seconds(lambda: list(generate(params, {"train": args.images})), args.repeats)
     print(f"generate {args.images} images 128x128: seed {seed_gen:.3f} s, astroseg "
           f"{ours_gen:.3f} s, ratio {seed_gen / ours_gen:.2f}x")
 

@@ -22,9 +22,8 @@ import segformer_before
 from astroseg.device import resolve_precision
 from astroseg.models import build_model
 from astroseg.params import LossParams, load_params
-from profile_train_step import make_step
 from roofline import flops_per_image, matmul_rate
-from timing import interleaved_medians
+from timing import interleaved_medians, loop_step
 
 # The default model section of params.yaml at a1d8118.
 BEFORE = dict(dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), heads=(1, 2, 5, 8),
@@ -52,7 +51,7 @@ def main() -> None:
         flops[name] = flops_per_image(model, size)[1] * batch
         x = torch.rand(batch, model.in_channels, *size)
         y = (torch.rand(batch, 1, *size) > 0.8).to(torch.uint8)
-        steps[name] = make_step(model.train(), x, y, loss, precision)
+        steps[name] = loop_step(model.train(), x, y, loss, precision)
     seconds = interleaved_medians(steps, args.repeats)
     peak = matmul_rate("bf16")
     print(f"machine: {platform.machine()} {platform.processor()}, {torch.get_num_threads()} "

@@ -25,8 +25,8 @@ from torch.profiler import ProfilerActivity, profile
 from astroseg.device import resolve_precision
 from astroseg.models import build_model
 from astroseg.params import load_params
-from astroseg.scoring.losses import segmentation_loss
 from roofline import matmul_rate, train_flops
+from timing import loop_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,21 +57,6 @@ def op_type(name: str) -> str:
     return "other"
 
 
-def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_params,
-              precision: str):
-    """One training step as astroseg.train.loop runs it (autocast, loss, fused AdamW)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(x)
-        loss = segmentation_loss(logits, y, loss_params).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10)
@@ -94,7 +79,7 @@ def main() -> None:
     precision = resolve_precision(params.train.precision, torch.device("cpu"))
     x = torch.rand(args.batch, model.in_channels, *size)
     y = (torch.rand(args.batch, 1, *size) > 0.8).to(torch.uint8)
-    step = make_step(model, x, y, params.loss, precision)
+    step = loop_step(model, x, y, params.loss, precision)
     for _ in range(3):
         step()
     t0 = time.perf_counter()

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from timing import loop_step, median_seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -79,14 +81,9 @@ def train_flops(model: torch.nn.Module, size: list[int] | tuple[int, int]) -> fl
     return flops_per_image(model, size)[1]
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _warm_median(fn, repeats: int) -> float:
+    fn()   # first call: allocations, oneDNN kernels built for the shapes
+    return median_seconds(fn, repeats)
 
 
 def _fits_frame(path: Path, size: int) -> None:
@@ -104,7 +101,6 @@ def main() -> None:
     from astroseg.device import resolve_precision
     from astroseg.models import build_model
     from astroseg.params import load_params
-    from profile_train_step import make_step
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
@@ -128,8 +124,8 @@ def main() -> None:
     x = torch.rand(batch, model.in_channels, *size, device=device)
     y = (torch.rand(batch, 1, *size, device=device) > 0.8).to(torch.uint8)
     model.train()
-    step = make_step(model, x, y, params.loss, precision)
-    sec = _median_seconds(lambda: (step(), sync(device)), args.repeats)
+    step = loop_step(model, x, y, params.loss, precision)
+    sec = _warm_median(lambda: (step(), sync(device)), args.repeats)
     rows.append(("train step", f"image {size[0]}x{size[1]}", fwd_bwd, batch / sec, precision))
 
     model.eval()
@@ -140,7 +136,7 @@ def main() -> None:
         with torch.inference_mode():
             model(xe)
         sync(device)
-    sec = _median_seconds(forward, args.repeats)
+    sec = _warm_median(forward, args.repeats)
     rows.append((f"evaluate (x{tta} TTA)", f"image {size[0]}x{size[1]}", fwd * tta,
                  params.evaluate.batch_size / sec / tta, "fp32"))
 
@@ -154,7 +150,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             frame = Path(tmp) / "frame.fits"
             _fits_frame(frame, n)
-            sec = _median_seconds(lambda: predict_fits(frame, Path(tmp) / "out.fits",
+            sec = _warm_median(lambda: predict_fits(frame, Path(tmp) / "out.fits",
                                                        args.model, args.device),
                                   max(1, args.repeats // 2))
         rows.append((f"FITS predict {n}^2", "megapixel", flops_window * windows / (n * n / 1e6),
